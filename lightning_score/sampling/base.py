@@ -1,0 +1,73 @@
+"""Pieces every sampler shares: the result type, the NFE counter, the time argument helper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_score.sde import SDE, VESDE, VPSDE, ScoreFn
+
+
+@dataclass
+class SampleResult:
+    """Samples in model space (map to images with ``sde.unscale_data``) and the true NFE."""
+
+    samples: Tensor
+    nfe: int
+
+
+class CountingScore:
+    """Wraps ``score_fn`` and counts its calls: the only honest NFE (every sampler reports this)."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)
+
+
+def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
+    """Time ``t`` as a ``(B,)`` tensor on the device and dtype of ``x`` (what ``score_fn`` takes)."""
+    return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+
+def linear_sde_reason(sde: SDE, what: str) -> str | None:
+    """Why ``what`` cannot run on ``sde``, or None.
+
+    The chain-based predictors and the correctors derive a discrete step from the perturbation
+    kernel x_t = alpha(t) x_0 + std(t) z, which exists for linear SDEs (VE, VP, sub-VP) only.
+    """
+    if isinstance(sde, (VESDE, VPSDE)):
+        return None
+    return (
+        f"{what} derives its step from the Gaussian kernel x_t = alpha(t) x_0 + std(t) z of a linear "
+        f"SDE (VESDE, VPSDE, SubVPSDE); {type(sde).__name__} is not one"
+    )
+
+
+def kernel(sde: SDE, t: float, like: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha(t) and std(t) of x_t = alpha(t) x_0 + std(t) z, as 0-dim tensors like ``like``."""
+    ones = torch.ones(1, 1, dtype=like.dtype, device=like.device)
+    mean, std = sde.marginal_prob(
+        ones, torch.full((1,), float(t), dtype=like.dtype, device=like.device)
+    )
+    return mean.reshape(()), std.reshape(())
+
+
+def chain_step(sde: SDE, t: float, s: float, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward chain step from time s < t implied by the kernel: x_t = a x_s + G z.
+
+    a = alpha(t) / alpha(s) and G^2 = std(t)^2 - a^2 std(s)^2 (variances of a linear SDE add).
+    On the N-point grid this is SMLD's chain for VE (eq. 8) and DDPM's for VP with
+    beta_i = 1 - a^2 (eq. 10); for sub-VP it is the exact transition of the SDE. Deriving it from
+    the sampler's own grid (not ``sde.discretize``'s N) keeps few-step samplers consistent.
+    Returns (a, G^2, std(t), std(s)).
+    """
+    alpha_t, std_t = kernel(sde, t, like)
+    alpha_s, std_s = kernel(sde, s, like)
+    a = alpha_t / alpha_s
+    return a, std_t**2 - a**2 * std_s**2, std_t, std_s
