@@ -192,7 +192,9 @@ class VESDE(SDE):
     def discrete_sigmas(self, device: torch.device | str | None = None) -> Tensor:
         """The N noise levels of SMLD, geometric from sigma_min to sigma_max."""
         return torch.exp(
-            torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N, device=device)
+            torch.linspace(
+                math.log(self.sigma_min), math.log(self.sigma_max), self.N, device=device
+            )
         )
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,7 +202,9 @@ class VESDE(SDE):
         timestep = (t * (self.N - 1) / self.T).round().long()
         sigmas = self.discrete_sigmas(t.device).to(x.dtype)
         sigma = sigmas[timestep]
-        prev = torch.where(timestep == 0, torch.zeros_like(sigma), sigmas[(timestep - 1).clamp(min=0)])
+        prev = torch.where(
+            timestep == 0, torch.zeros_like(sigma), sigmas[(timestep - 1).clamp(min=0)]
+        )
         return torch.zeros_like(x), torch.sqrt(sigma**2 - prev**2)
 
     def likelihood_density_antiderivative(self, t: Tensor) -> Tensor:

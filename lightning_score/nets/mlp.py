@@ -20,7 +20,9 @@ class ToyMLP(nn.Module):
             self.embed: nn.Module = GaussianFourierProjection(emb_dim // 2, scale=16.0)
         else:
             self.embed = Timesteps(emb_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.emb_mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.emb_mlp = nn.Sequential(
+            nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
+        )
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth)

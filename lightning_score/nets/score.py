@@ -35,4 +35,3 @@ class ScoreModel(nn.Module):
             return out / batch_broadcast(cond, out)
         std = self.sde.std(t)
         return -out / batch_broadcast(std, out)
-

@@ -1,0 +1,53 @@
+"""``lscore`` entry point: dispatches to ``lightning_score.commands.<name>``.
+
+Errors a user can fix (bad config, missing data, bad checkpoint) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "train a score model from a config",
+    "sample": "draw samples from a checkpoint (.npz + PNG grid)",
+    "ablate": "compare sampler settings on the same seeds (table + plot)",
+    "evaluate": "FID / IS / KID of a checkpoint or an .npz of samples",
+    "stats": "reference Inception statistics of a data set",
+    "likelihood": "bits/dim through the probability-flow ODE",
+    "convert": "convert an official score_sde_pytorch checkpoint",
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from lightning_score.checkpoint import CheckpointError
+    from lightning_score.config import ConfigError
+    from lightning_score.data import DataNotFoundError
+
+    return (ConfigError, CheckpointError, DataNotFoundError, ValueError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lscore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, help_text in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"lightning_score.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"lightning_score.commands.{name}":
+                raise
+            continue
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except _user_errors() as err:
+        print(f"lscore {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of ``lscore``: each module exposes ``add_arguments(parser)`` and ``run(args)``."""

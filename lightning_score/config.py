@@ -1,0 +1,315 @@
+"""Experiment configuration: a typed OmegaConf schema, YAML files, dotlist overrides, validation.
+
+``load_config(path, overrides)`` merges, in order: the schema defaults, the YAML file, and
+``key=value`` overrides (the form W&B agents pass with ``${args_no_hyphens}``). Unknown keys and
+wrong types fail at load with one line that names the key and the fix; range checks follow in
+:func:`validate`, before any data is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem that the user fixes in the YAML or on the command line."""
+
+
+@dataclass
+class SDEConfig:
+    name: str = "vesde"  # vesde | vpsde | subvpsde
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    N: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"  # a key of lightning_score.nets.NETWORKS
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    weighting: str = "sigma2"  # sigma2 | likelihood | none
+    time_sampler: str = "uniform"  # uniform | importance
+    reduce: str = "mean"  # mean | sum over data dimensions
+    eps: float = 1e-5  # smallest training time
+    t_bins: int = 10  # bins of t for the per-time loss log
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 5000
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    decay: float = 0.999
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # a key of lightning_score.data.DATASETS
+    root: str = "data"
+    image_size: int = 16
+    batch_size: int = 128
+    num_workers: int = 0
+    random_flip: bool = False
+    download: bool = False
+    categories: list[str] = field(default_factory=lambda: ["bedroom"])  # LSUN
+    val_fraction: float = 0.1  # for sets without an official validation split
+    num_points: int = 20000  # toy 2-D sets
+    toy: str = "gaussian_mixture"  # gaussian_mixture | checkerboard | swiss_roll
+
+
+@dataclass
+class SamplingConfig:
+    sampler: str = "pc"  # a key of lightning_score.sampling.SAMPLERS
+    predictor: str = "euler_maruyama"
+    corrector: str = "none"
+    snr: float = 0.16
+    corrector_steps: int = 1
+    steps: int = 1000
+    eps: float | None = None  # None: the SDE's default end time
+    denoise: bool = True
+    schedule: str = "uniform"  # fixed-step ODE time grid: uniform | log_sigma | edm
+    rho: float = 7.0
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    method: str = "dopri5"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 2000
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    gradient_clip_val: float = 1.0
+    val_check_interval: int = 500
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 50
+    deterministic: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 500
+    keep_periodic: bool = True  # keep step-numbered snapshots beside `last`
+
+
+@dataclass
+class SampleGridConfig:
+    every_n_steps: int = 500
+    num: int = 64
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"  # csv | tensorboard | wandb
+    project: str = "lightning-score"
+    entity: str | None = None
+    log_model: bool = False
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "quickstart"
+    seed: int = 0
+    out_dir: str = "runs"
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sample_grid: SampleGridConfig = field(default_factory=SampleGridConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, DictConfig) and k != "kwargs":
+            keys.extend(_valid_keys(v, full + "."))
+    return keys
+
+
+def _friendly(err: Exception, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or ("Key '" in str(err) and "not in" in str(err)):
+        close = difflib.get_close_matches(key, _valid_keys(schema), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+    if isinstance(err, ValidationError):
+        value = getattr(err, "msg", str(err)).splitlines()[0]
+        return ConfigError(f"{source}: wrong type for '{key}': {value}")
+    return ConfigError(f"{source}: {str(err).splitlines()[0]}")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Schema defaults <- YAML at ``path`` <- ``key=value`` overrides; validated."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    merged = schema
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {path} not found: pass an existing YAML, e.g. configs/quickstart.yaml"
+            )
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except Exception as err:  # OmegaConf raises several unrelated types
+            raise _friendly(err, schema, str(path)) from None
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        except Exception as err:
+            raise _friendly(err, schema, "command line") from None
+    cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Plain nested dict (for checkpoints, loggers and run directories)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a validated config from :func:`to_dict` output (e.g. from a checkpoint)."""
+    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), data)
+    cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), path)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choice(value: str, choices: set[str] | dict, key: str) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, sorted(choices), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"{key}='{value}' is not valid{hint}; choose one of: {', '.join(sorted(choices))}"
+        )
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Range and name checks that the schema's types cannot express."""
+    from lightning_score.data import DATASETS
+    from lightning_score.losses import TIME_SAMPLERS, WEIGHTINGS
+    from lightning_score.nets import NETWORKS, network_kwargs_error
+    from lightning_score.sampling import CORRECTORS, PREDICTORS, SAMPLERS
+    from lightning_score.sde import SDES
+
+    s = cfg.sde
+    _check_choice(s.name, SDES, "sde.name")
+    if s.name == "vesde":
+        _check(s.sigma_min > 0, f"sde.sigma_min must be > 0, got {s.sigma_min}")
+        _check(
+            s.sigma_min < s.sigma_max,
+            f"sde.sigma_min ({s.sigma_min}) must be below sde.sigma_max ({s.sigma_max})",
+        )
+    else:
+        _check(s.beta_min >= 0, f"sde.beta_min must be >= 0, got {s.beta_min}")
+        _check(
+            s.beta_min < s.beta_max,
+            f"sde.beta_min ({s.beta_min}) must be below sde.beta_max ({s.beta_max})",
+        )
+    _check(s.N > 0, f"sde.N must be a positive number of steps, got {s.N}")
+
+    _check_choice(cfg.model.name, NETWORKS, "model.name")
+    problem = network_kwargs_error(cfg.model.name, dict(cfg.model.kwargs))
+    _check(problem is None, str(problem))
+
+    loss = cfg.loss
+    _check_choice(loss.weighting, WEIGHTINGS, "loss.weighting")
+    _check_choice(loss.time_sampler, TIME_SAMPLERS, "loss.time_sampler")
+    _check_choice(loss.reduce, {"mean", "sum"}, "loss.reduce")
+    _check(0 < loss.eps < 1, f"loss.eps must lie in (0, 1), got {loss.eps}")
+    _check(
+        loss.time_sampler != "importance" or loss.weighting == "likelihood",
+        "loss.time_sampler=importance is the variance reduction for loss.weighting=likelihood; "
+        "set loss.weighting=likelihood or loss.time_sampler=uniform",
+    )
+    _check(loss.t_bins > 0, f"loss.t_bins must be positive, got {loss.t_bins}")
+
+    o = cfg.optim
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must lie in [0, 1)")
+    _check(0 < cfg.ema.decay < 1, f"ema.decay must lie in (0, 1), got {cfg.ema.decay}")
+
+    d = cfg.data
+    _check_choice(d.name, DATASETS, "data.name")
+    _check(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
+    _check(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
+    _check(0 <= d.val_fraction < 1, f"data.val_fraction must lie in [0, 1), got {d.val_fraction}")
+    _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+
+    sp = cfg.sampling
+    _check_choice(sp.sampler, SAMPLERS, "sampling.sampler")
+    _check_choice(sp.predictor, PREDICTORS, "sampling.predictor")
+    _check_choice(sp.corrector, CORRECTORS, "sampling.corrector")
+    _check(sp.steps > 0, f"sampling.steps must be positive, got {sp.steps}")
+    _check(sp.snr > 0, f"sampling.snr must be > 0, got {sp.snr}")
+    _check(sp.eps is None or 0 < sp.eps < 1, f"sampling.eps must lie in (0, 1), got {sp.eps}")
+
+    t = cfg.trainer
+    _check(t.max_steps > 0, f"trainer.max_steps must be positive, got {t.max_steps}")
+    _check(t.gradient_clip_val >= 0, "trainer.gradient_clip_val must be >= 0 (0 disables clipping)")
+    _check_choice(
+        t.precision,
+        {"32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"},
+        "trainer.precision",
+    )
+    if isinstance(t.devices, int) and t.devices > 1:
+        world = t.devices * t.num_nodes
+        _check(
+            d.batch_size % world == 0,
+            f"data.batch_size ({d.batch_size}) is the global batch: it must be divisible by "
+            f"trainer.devices x trainer.num_nodes ({world})",
+        )
+    _check(cfg.checkpoint.every_n_steps > 0, "checkpoint.every_n_steps must be positive")
+    _check_choice(cfg.logger.name, {"csv", "tensorboard", "wandb"}, "logger.name")

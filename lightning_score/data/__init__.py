@@ -1,0 +1,117 @@
+"""Data set registry: ``build_datamodule(cfg.data)`` picks the set by ``data.name``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from lightning_score.config import DataConfig
+from lightning_score.data.base import DataNotFoundError, ScoreDataModule, split_fraction
+from lightning_score.data.image_sets import TransformedDataset, celeba, cifar10, lsun, ImageFolderFlat
+from lightning_score.data.tensor_sets import (
+    ImageTensorDataset,
+    load_digits_uint8,
+    load_fashion_mnist_uint8,
+)
+from lightning_score.data.toy2d import TOY_SETS
+from lightning_score.data.transforms import image_transform
+from lightning_score.registry import lookup
+
+
+def _digits(cfg: DataConfig, seed: int) -> ScoreDataModule:
+    def splits() -> tuple[Dataset, Dataset]:
+        images, labels = load_digits_uint8()
+        train, val = split_fraction(TensorDataset(images, labels), cfg.val_fraction, seed)
+        return (
+            ImageTensorDataset(images[train.indices], labels[train.indices], cfg.image_size, cfg.random_flip),
+            ImageTensorDataset(images[val.indices], labels[val.indices], cfg.image_size),
+        )
+
+    return ScoreDataModule(cfg, data_shape(cfg), splits, seed)
+
+
+def _fashion_mnist(cfg: DataConfig, seed: int) -> ScoreDataModule:
+    root = Path(cfg.root)
+
+    def splits() -> tuple[Dataset, Dataset]:
+        tr = load_fashion_mnist_uint8(root, train=True, download=cfg.download)
+        te = load_fashion_mnist_uint8(root, train=False, download=cfg.download)
+        return (
+            ImageTensorDataset(*tr, size=cfg.image_size, random_flip=cfg.random_flip),
+            ImageTensorDataset(*te, size=cfg.image_size),
+        )
+
+    return ScoreDataModule(cfg, data_shape(cfg), splits, seed)
+
+
+def _disk_images(
+    cfg: DataConfig, seed: int, make: Callable[[bool], Dataset], center_crop: int | None = None
+) -> ScoreDataModule:
+    def splits() -> tuple[Dataset, Dataset]:
+        train_tf = image_transform(cfg.image_size, cfg.random_flip, center_crop)
+        val_tf = image_transform(cfg.image_size, False, center_crop)
+        return TransformedDataset(make(True), train_tf), TransformedDataset(make(False), val_tf)
+
+    return ScoreDataModule(cfg, data_shape(cfg), splits, seed)
+
+
+def _folder(cfg: DataConfig, seed: int) -> ScoreDataModule:
+    def splits() -> tuple[Dataset, Dataset]:
+        full = ImageFolderFlat(Path(cfg.root))
+        train, val = split_fraction(full, cfg.val_fraction, seed)
+        return (
+            TransformedDataset(train, image_transform(cfg.image_size, cfg.random_flip)),
+            TransformedDataset(val, image_transform(cfg.image_size, False)),
+        )
+
+    return ScoreDataModule(cfg, data_shape(cfg), splits, seed)
+
+
+def _toy2d(cfg: DataConfig, seed: int) -> ScoreDataModule:
+    sampler = lookup(TOY_SETS, cfg.toy, "toy data set (data.toy)")
+
+    def splits() -> tuple[Dataset, Dataset]:
+        gen = torch.Generator().manual_seed(seed)
+        n_val = max(1, int(cfg.num_points * cfg.val_fraction))
+        train, val = sampler(cfg.num_points, gen), sampler(n_val, gen)
+        return TensorDataset(train, torch.zeros(len(train))), TensorDataset(val, torch.zeros(len(val)))
+
+    return ScoreDataModule(cfg, data_shape(cfg), splits, seed)
+
+
+GRAYSCALE = {"digits", "fashion_mnist"}
+
+DATASETS: dict[str, Callable[[DataConfig, int], ScoreDataModule]] = {
+    "digits": _digits,
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": lambda cfg, seed: _disk_images(
+        cfg, seed, lambda train: cifar10(Path(cfg.root), train, cfg.download)
+    ),
+    # Song et al.: center crop 140 then resize to 64.
+    "celeba": lambda cfg, seed: _disk_images(
+        cfg, seed, lambda train: celeba(Path(cfg.root), train, cfg.download), center_crop=140
+    ),
+    "lsun": lambda cfg, seed: _disk_images(
+        cfg, seed, lambda train: lsun(Path(cfg.root), list(cfg.categories), train)
+    ),
+    "folder": _folder,
+    "toy2d": _toy2d,
+}
+
+
+def data_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """Shape of one example, known from the config alone (networks are built before data loads)."""
+    if cfg.name == "toy2d":
+        return (2,)
+    channels = 1 if cfg.name in GRAYSCALE else 3
+    return (channels, cfg.image_size, cfg.image_size)
+
+
+def build_datamodule(cfg: DataConfig, seed: int = 0) -> ScoreDataModule:
+    return lookup(DATASETS, cfg.name, "data set (data.name)")(cfg, seed)
+
+
+__all__ = ["DATASETS", "DataNotFoundError", "ScoreDataModule", "build_datamodule", "data_shape"]
