@@ -16,6 +16,17 @@ from lightning_score.config import SamplingConfig
 from lightning_score.registry import lookup
 from lightning_score.sampling.base import CountingScore, SampleResult
 from lightning_score.sampling.correctors import CORRECTORS, corrector_unsupported
+from lightning_score.sampling.ode import (
+    ODE_METHODS,
+    dpmpp_2m_sampler,
+    euler_sampler,
+    heun_sampler,
+    ode_decode,
+    ode_encode,
+    ode_sampler,
+    ode_solve,
+    tweedie_denoise,
+)
 from lightning_score.sampling.pc import pc_sampler
 from lightning_score.sampling.predictors import PREDICTORS, predictor_unsupported
 from lightning_score.sampling.schedules import SCHEDULES, time_grid
@@ -24,7 +35,13 @@ from lightning_score.sde import SDE, ScoreFn
 
 Sampler = Callable[..., Tensor]
 
-SAMPLERS: dict[str, Sampler] = {"pc": pc_sampler}
+SAMPLERS: dict[str, Sampler] = {
+    "pc": pc_sampler,
+    "ode": ode_sampler,
+    "euler": euler_sampler,
+    "heun": heun_sampler,
+    "dpmpp_2m": dpmpp_2m_sampler,
+}
 
 
 def check_sampling(sde: SDE, cfg: SamplingConfig) -> None:
@@ -48,6 +65,13 @@ def check_sampling(sde: SDE, cfg: SamplingConfig) -> None:
         raise ValueError(f"sampling eps must lie in (0, T={sde.T}), got {eps}")
     if cfg.rho <= 0:
         raise ValueError(f"the EDM schedule needs rho > 0, got {cfg.rho}")
+    if cfg.sampler == "ode":
+        if cfg.method not in ODE_METHODS:
+            raise ValueError(
+                f"ode method '{cfg.method}' is not an adaptive torchdiffeq method; choose one of: {', '.join(ODE_METHODS)}"
+            )
+        if cfg.rtol <= 0 or cfg.atol <= 0:
+            raise ValueError(f"ode tolerances must be > 0, got rtol={cfg.rtol}, atol={cfg.atol}")
     if cfg.sampler == "pc":
         if cfg.predictor == "none" and cfg.corrector == "none":
             raise ValueError(
@@ -111,6 +135,7 @@ def sample(
 
 __all__ = [
     "CORRECTORS",
+    "ODE_METHODS",
     "PREDICTORS",
     "SAMPLERS",
     "SCHEDULES",
@@ -118,6 +143,10 @@ __all__ = [
     "batch_seed",
     "check_sampling",
     "make_generator",
+    "ode_decode",
+    "ode_encode",
+    "ode_solve",
     "sample",
     "time_grid",
+    "tweedie_denoise",
 ]

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_score.sampling.base import batch_time, chain_step, kernel, linear_sde_reason
 from lightning_score.sampling.predictors import _noise
-from lightning_score.sde import SDE, ScoreFn, batch_broadcast
+from lightning_score.sde import SDE, ScoreFn
 
 Corrector = Callable[
     [SDE, ScoreFn, Tensor, float, float, torch.Generator | None, float, int], tuple[Tensor, Tensor]
@@ -42,8 +42,9 @@ def langevin(
 ) -> tuple[Tensor, Tensor]:
     """Langevin MCMC with step eps = 2 alpha (snr ||z|| / ||s||)^2 (Alg. 4-5).
 
-    Norms are per sample (the official code averages them over the batch), so a sample does not
-    depend on what else is in its batch.
+    The norms are averaged over the batch, as in the official code: per sample, the ratio
+    ||z||^2 / ||s||^2 is F-distributed and heavy-tailed in low dimensions (infinite variance
+    for d <= 4), which gives some samples enormous steps.
     """
     alpha = _step_alpha(sde, t, t_next, x)
     tb = batch_time(t, x)
@@ -51,8 +52,8 @@ def langevin(
     for _ in range(n_steps):
         grad = score_fn(x, tb)
         z = _noise(x, generator)
-        ratio = z.flatten(1).norm(dim=1) / grad.flatten(1).norm(dim=1)
-        step = batch_broadcast(2 * alpha * (snr * ratio) ** 2, x)
+        ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()
+        step = 2 * alpha * (snr * ratio) ** 2
         x_mean = x + step * grad
         x = x_mean + (2 * step).sqrt() * z
     return x, x_mean

@@ -26,8 +26,8 @@ def pc_sampler(
 ) -> Tensor:
     """N steps from T to eps; at each grid time a corrector, then a predictor step to the next time.
 
-    With ``cfg.denoise`` the noise of the last update is left out (the paper's final denoising step),
-    which costs no extra score evaluation.
+    With ``cfg.denoise`` the noise of the last predictor step is left out (the paper's final
+    denoising step), which costs no extra score evaluation.
     """
     predictor = PREDICTORS[cfg.predictor]
     corrector = CORRECTORS[cfg.corrector]
@@ -42,4 +42,8 @@ def pc_sampler(
             )
         if predictor is not None:
             x, x_mean = predictor(sde, score_fn, x, t, t_next, generator)
+        else:
+            # Corrector only: a Langevin step's mean is no denoised sample (dropping its noise
+            # shrinks the variance by ~4 snr^2), so there is nothing to denoise, as officially.
+            x_mean = x
     return x_mean if cfg.denoise else x
