@@ -18,13 +18,14 @@ from lightning_score.sampling.base import CountingScore, SampleResult
 from lightning_score.sampling.correctors import CORRECTORS, corrector_unsupported
 from lightning_score.sampling.ode import (
     ODE_METHODS,
-    dpmpp_2m_sampler,
-    euler_sampler,
-    heun_sampler,
+    fixed_step_sampler,
     ode_decode,
     ode_encode,
     ode_sampler,
     ode_solve,
+    solve_dpmpp_2m,
+    solve_euler,
+    solve_heun,
     tweedie_denoise,
 )
 from lightning_score.sampling.pc import pc_sampler
@@ -38,9 +39,9 @@ Sampler = Callable[..., Tensor]
 SAMPLERS: dict[str, Sampler] = {
     "pc": pc_sampler,
     "ode": ode_sampler,
-    "euler": euler_sampler,
-    "heun": heun_sampler,
-    "dpmpp_2m": dpmpp_2m_sampler,
+    "euler": fixed_step_sampler(solve_euler),
+    "heun": fixed_step_sampler(solve_heun),
+    "dpmpp_2m": fixed_step_sampler(solve_dpmpp_2m),
 }
 
 
@@ -147,6 +148,9 @@ __all__ = [
     "ode_encode",
     "ode_solve",
     "sample",
+    "solve_dpmpp_2m",
+    "solve_euler",
+    "solve_heun",
     "time_grid",
     "tweedie_denoise",
 ]

@@ -9,6 +9,8 @@ point mass and far more accurate per NFE than Euler in (x, t), which is what 10-
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
@@ -136,14 +138,11 @@ def ode_decode(
     return _ode_map(score_fn, sde, z, cfg, forward=False, progress=progress)
 
 
-def _edm_grid(
-    sde: SDE, cfg: SamplingConfig, eps: float, like: Tensor
-) -> tuple[list[float], Tensor, Tensor]:
-    """The time grid and alpha_i, sigma_i = std_i / alpha_i on it."""
-    ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho)
+def _edm_grid(sde: SDE, ts: list[float], like: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha_i and sigma_i = std_i / alpha_i on the time grid ``ts``."""
     alphas, stds = zip(*(kernel(sde, t, like) for t in ts), strict=True)
     alphas_t = torch.stack(alphas)
-    return ts, alphas_t, torch.stack(stds) / alphas_t
+    return alphas_t, torch.stack(stds) / alphas_t
 
 
 def _denoiser(score_fn: ScoreFn, x_tilde: Tensor, t: float, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -155,81 +154,71 @@ def _denoiser(score_fn: ScoreFn, x_tilde: Tensor, t: float, alpha: Tensor, sigma
 def _finish(
     score_fn: ScoreFn, x_tilde: Tensor, t: float, alpha: Tensor, sigma: Tensor, denoise: bool
 ) -> Tensor:
-    """Back to model space at time eps, or Tweedie's E[x_0 | x_eps] with ``denoise`` (+1 NFE)."""
+    """Back to model space at the last time, or Tweedie's E[x_0 | x_t] with ``denoise`` (+1 NFE)."""
     return _denoiser(score_fn, x_tilde, t, alpha, sigma) if denoise else alpha * x_tilde
 
 
-def euler_sampler(
+def solve_euler(
     score_fn: ScoreFn,
     sde: SDE,
-    shape: tuple[int, ...],
-    cfg: SamplingConfig,
+    x: Tensor,
+    ts: list[float],
     *,
-    eps: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-    progress: bool,
+    denoise: bool = True,
+    progress: bool = False,
 ) -> Tensor:
-    """Euler on dx~/dsigma = (x~ - D) / sigma (EDM eq. 3; = DDIM), ``steps`` NFE."""
-    x = sde.prior_sampling(shape, generator=generator, device=device)
-    ts, alphas, sigmas = _edm_grid(sde, cfg, eps, x)
+    """Euler on dx~/dsigma = (x~ - D) / sigma (EDM eq. 3; = DDIM) along ``ts``: one NFE per step."""
+    alphas, sigmas = _edm_grid(sde, ts, x)
     x = x / alphas[0]
-    for i in trange(cfg.steps, disable=not progress, desc="euler"):
+    for i in trange(len(ts) - 1, disable=not progress, desc="euler"):
         d = (x - _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])) / sigmas[i]
         x = x + (sigmas[i + 1] - sigmas[i]) * d
-    return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], cfg.denoise)
+    return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
 
 
-def heun_sampler(
+def solve_heun(
     score_fn: ScoreFn,
     sde: SDE,
-    shape: tuple[int, ...],
-    cfg: SamplingConfig,
+    x: Tensor,
+    ts: list[float],
     *,
-    eps: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-    progress: bool,
+    denoise: bool = True,
+    progress: bool = False,
 ) -> Tensor:
-    """Heun's 2nd-order method (EDM Alg. 1 without churn), 2 NFE per step."""
-    x = sde.prior_sampling(shape, generator=generator, device=device)
-    ts, alphas, sigmas = _edm_grid(sde, cfg, eps, x)
+    """Heun's 2nd-order method (EDM Alg. 1 without churn) along ``ts``: two NFE per step."""
+    alphas, sigmas = _edm_grid(sde, ts, x)
     x = x / alphas[0]
-    for i in trange(cfg.steps, disable=not progress, desc="heun"):
+    for i in trange(len(ts) - 1, disable=not progress, desc="heun"):
         h = sigmas[i + 1] - sigmas[i]
-        d = (x - _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])) / sigmas[i]  # Alg. 1 line 7
-        x_euler = x + h * d  # line 8
-        d_next = (
-            x_euler - _denoiser(score_fn, x_euler, ts[i + 1], alphas[i + 1], sigmas[i + 1])
-        ) / sigmas[i + 1]  # line 10
-        x = x + h * (d + d_next) / 2  # line 11
-    return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], cfg.denoise)
+        d = (x - _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])) / sigmas[i]  # Alg. 1 l. 7
+        x_next = x + h * d  # l. 8
+        denoised = _denoiser(score_fn, x_next, ts[i + 1], alphas[i + 1], sigmas[i + 1])
+        d_next = (x_next - denoised) / sigmas[i + 1]  # l. 10
+        x = x + h * (d + d_next) / 2  # l. 11
+    return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
 
 
-def dpmpp_2m_sampler(
+def solve_dpmpp_2m(
     score_fn: ScoreFn,
     sde: SDE,
-    shape: tuple[int, ...],
-    cfg: SamplingConfig,
+    x: Tensor,
+    ts: list[float],
     *,
-    eps: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-    progress: bool,
+    denoise: bool = True,
+    progress: bool = False,
 ) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, 1 NFE per step.
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, one NFE per step.
 
     With lambda = -log sigma and h = lambda_{i+1} - lambda_i the exact solution of the linear part
     gives x~_{i+1} = (sigma_{i+1} / sigma_i) x~_i - (e^{-h} - 1) D_hat, where D_hat is D_i on the
     first step and the 2nd-order extrapolation (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},
     r = h_{i-1} / h_i, afterwards.
     """
-    x = sde.prior_sampling(shape, generator=generator, device=device)
-    ts, alphas, sigmas = _edm_grid(sde, cfg, eps, x)
+    alphas, sigmas = _edm_grid(sde, ts, x)
     lambdas = -sigmas.log()
     x = x / alphas[0]
     previous: Tensor | None = None
-    for i in trange(cfg.steps, disable=not progress, desc="dpmpp_2m"):
+    for i in trange(len(ts) - 1, disable=not progress, desc="dpmpp_2m"):
         denoised = _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])
         h = lambdas[i + 1] - lambdas[i]
         d_hat = denoised
@@ -238,4 +227,29 @@ def dpmpp_2m_sampler(
             d_hat = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
         x = sigmas[i + 1] / sigmas[i] * x - torch.expm1(-h) * d_hat
         previous = denoised
-    return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], cfg.denoise)
+    return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
+
+
+FixedStepSolver = Callable[..., Tensor]
+
+
+def fixed_step_sampler(solver: FixedStepSolver) -> Callable[..., Tensor]:
+    """A SAMPLERS entry: prior draw, then ``solver`` along the configured time grid."""
+
+    def run(
+        score_fn: ScoreFn,
+        sde: SDE,
+        shape: tuple[int, ...],
+        cfg: SamplingConfig,
+        *,
+        eps: float,
+        generator: torch.Generator | None,
+        device: torch.device,
+        progress: bool,
+    ) -> Tensor:
+        x = sde.prior_sampling(shape, generator=generator, device=device)
+        ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho)
+        return solver(score_fn, sde, x, ts, denoise=cfg.denoise, progress=progress)
+
+    run.__doc__ = f"Prior sample, then {solver.__name__} on the configured grid."
+    return run
