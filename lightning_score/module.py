@@ -68,7 +68,6 @@ class ScoreModule(L.LightningModule):
         )
         loss = losses.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -10,7 +10,13 @@ from torch.utils.data import Dataset, TensorDataset
 
 from lightning_score.config import DataConfig
 from lightning_score.data.base import DataNotFoundError, ScoreDataModule, split_fraction
-from lightning_score.data.image_sets import TransformedDataset, celeba, cifar10, lsun, ImageFolderFlat
+from lightning_score.data.image_sets import (
+    ImageFolderFlat,
+    TransformedDataset,
+    celeba,
+    cifar10,
+    lsun,
+)
 from lightning_score.data.tensor_sets import (
     ImageTensorDataset,
     load_digits_uint8,
@@ -26,7 +32,9 @@ def _digits(cfg: DataConfig, seed: int) -> ScoreDataModule:
         images, labels = load_digits_uint8()
         train, val = split_fraction(TensorDataset(images, labels), cfg.val_fraction, seed)
         return (
-            ImageTensorDataset(images[train.indices], labels[train.indices], cfg.image_size, cfg.random_flip),
+            ImageTensorDataset(
+                images[train.indices], labels[train.indices], cfg.image_size, cfg.random_flip
+            ),
             ImageTensorDataset(images[val.indices], labels[val.indices], cfg.image_size),
         )
 
@@ -77,7 +85,9 @@ def _toy2d(cfg: DataConfig, seed: int) -> ScoreDataModule:
         gen = torch.Generator().manual_seed(seed)
         n_val = max(1, int(cfg.num_points * cfg.val_fraction))
         train, val = sampler(cfg.num_points, gen), sampler(n_val, gen)
-        return TensorDataset(train, torch.zeros(len(train))), TensorDataset(val, torch.zeros(len(val)))
+        return TensorDataset(train, torch.zeros(len(train))), TensorDataset(
+            val, torch.zeros(len(val))
+        )
 
     return ScoreDataModule(cfg, data_shape(cfg), splits, seed)
 

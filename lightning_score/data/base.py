@@ -73,7 +73,7 @@ class ScoreDataModule(L.LightningDataModule):
 def split_fraction(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Deterministic train/val split for sets without an official validation split."""
     n = len(dataset)  # type: ignore[arg-type]
-    n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     return torch.utils.data.Subset(dataset, train_idx), torch.utils.data.Subset(dataset, val_idx)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from lightning_score.data.base import DataNotFoundError
 
@@ -45,7 +45,9 @@ class ImageFolderFlat(Dataset):
 
     def __init__(self, root: Path) -> None:
         if not root.is_dir():
-            raise DataNotFoundError(f"image folder {root} does not exist: set data.root to a folder of images")
+            raise DataNotFoundError(
+                f"image folder {root} does not exist: set data.root to a folder of images"
+            )
         self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise DataNotFoundError(
@@ -77,16 +79,48 @@ def celeba(root: Path, train: bool, download: bool) -> Dataset:
         ) from None
 
 
-def lsun(root: Path, categories: list[str], train: bool) -> Dataset:
-    """LSUN lmdb databases ``{root}/{category}_{train|val}_lmdb`` through torchvision."""
-    from torchvision.datasets import LSUN
+class LMDBImages(Dataset):
+    """Images stored as encoded bytes (webp/jpeg/png) in an lmdb database, LSUN's format.
 
+    Our own reader rather than torchvision's LSUN, which caches its key list as a pickle in the
+    current directory and unpickles it on the next run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import lmdb
+
+        self.path = path
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+        with env, env.begin(write=False) as txn:
+            self.keys = [key for key, _ in txn.cursor()]
+        self._env = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        import io
+
+        import lmdb
+
+        if self._env is None:  # opened lazily: one handle per data-loader worker
+            self._env = lmdb.open(
+                str(self.path), readonly=True, lock=False, readahead=False, meminit=False
+            )
+        with self._env.begin(write=False) as txn:
+            data = txn.get(self.keys[i])
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB"), 0
+
+
+def lsun(root: Path, categories: list[str], train: bool) -> Dataset:
+    """LSUN lmdb databases ``{root}/{category}_{train|val}_lmdb``, categories concatenated."""
     split = "train" if train else "val"
-    classes = [f"{c}_{split}" for c in categories]
-    missing = [c for c in classes if not (root / f"{c}_lmdb").is_dir()]
+    folders = [root / f"{c}_{split}_lmdb" for c in categories]
+    missing = [f.name for f in folders if not f.is_dir()]
     if missing:
         raise DataNotFoundError(
-            f"LSUN lmdb folders {[m + '_lmdb' for m in missing]} not found under {root}: download them "
-            "with the LSUN download script (github.com/fyu/lsun) and unzip into data.root"
+            f"LSUN lmdb folders {missing} not found under {root}: download them with the LSUN "
+            "download script (github.com/fyu/lsun), unzip into data.root, and set data.categories"
         )
-    return LSUN(str(root), classes=classes)
+    return ConcatDataset([LMDBImages(f) for f in folders])

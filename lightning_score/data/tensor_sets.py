@@ -23,7 +23,9 @@ class ImageTensorDataset(Dataset):
     def __init__(self, images: Tensor, labels: Tensor, size: int, random_flip: bool = False):
         x = images.float() / 255.0
         if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         self.images = x.clamp(0, 1)
         self.labels = labels.long()
         self.random_flip = random_flip
@@ -92,4 +94,3 @@ def load_fashion_mnist_uint8(root: Path, train: bool, download: bool) -> tuple[T
     images = read_idx(img).unsqueeze(1)
     labels = read_idx(lbl)
     return images, labels
-
