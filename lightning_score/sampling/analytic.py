@@ -30,11 +30,17 @@ def gaussian_mixture_score(
         alpha_x, std = sde.marginal_prob(ones, t)
         alpha = alpha_x.reshape(-1, 1)  # (B, 1)
         var = alpha**2 * s2.to(x) + std.reshape(-1, 1) ** 2  # (B, K)
-        diff = x.flatten(1)[:, None, :] - alpha[:, :, None] * mu.to(x)[None]  # (B, K, D)
-        d = diff.shape[-1]
-        logits = log_w.to(x) - 0.5 * d * var.log() - 0.5 * diff.pow(2).sum(-1) / var
-        resp = torch.softmax(logits, dim=1)  # posterior responsibility of each component
-        return -((resp / var)[..., None] * diff).sum(1).reshape(x.shape)
+        flat, means = x.flatten(1), mu.to(x)
+        # ||x - alpha mu_k||^2 through matmuls, without a (B, K, D) tensor
+        sq = (
+            flat.pow(2).sum(1, keepdim=True)
+            - 2 * alpha * flat @ means.T
+            + alpha**2 * means.pow(2).sum(1)
+        )
+        logits = log_w.to(x) - 0.5 * flat.shape[1] * var.log() - 0.5 * sq / var
+        weight = torch.softmax(logits, dim=1) / var  # responsibility_k / v_k
+        # score = -sum_k weight_k (x - alpha mu_k)
+        return (alpha * weight @ means - weight.sum(1, keepdim=True) * flat).reshape(x.shape)
 
     return score
 
