@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from lightning_score.nets.mlp import toy_mlp
+from lightning_score.nets.ncsnpp import NCSNPP_FACTORIES
 from lightning_score.nets.score import ScoreModel
 from lightning_score.nets.unet import small_unet
 from lightning_score.registry import lookup
@@ -19,6 +20,8 @@ NetworkFactory = Callable[..., nn.Module]
 NETWORKS: dict[str, NetworkFactory] = {
     "unet": small_unet,
     "mlp": toy_mlp,
+    # NCSN++ / DDPM++ presets (Song et al. 2021, appendix H): ncsnpp_cifar10, ddpmpp_cifar10, ...
+    **NCSNPP_FACTORIES,
 }
 
 
