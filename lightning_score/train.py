@@ -18,33 +18,12 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     TQDMProgressBar,
 )
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lightning_score.callbacks import SampleGridCallback
-from lightning_score.config import ExperimentConfig, save_config, to_dict
+from lightning_score.config import ExperimentConfig, save_config
 from lightning_score.data import build_datamodule
+from lightning_score.loggers import build_logger
 from lightning_score.module import ScoreModule
-
-
-def build_logger(cfg: ExperimentConfig) -> Logger:
-    log_dir = cfg.run_dir / "logs"
-    if cfg.logger.name == "tensorboard":
-        return TensorBoardLogger(save_dir=str(log_dir), name="", version="")
-    if cfg.logger.name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        log_dir.mkdir(parents=True, exist_ok=True)
-        logger = WandbLogger(
-            name=cfg.name,
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            save_dir=str(log_dir),
-            log_model=cfg.logger.log_model,
-            tags=list(cfg.logger.tags),
-        )
-        logger.log_hyperparams(to_dict(cfg))
-        return logger
-    return CSVLogger(save_dir=str(log_dir), name="", version="")
 
 
 def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
