@@ -82,6 +82,10 @@ def assert_gaussian(
     assert diag_err <= 4.5 * math.sqrt(2 / n) + var_bias, (
         f"variance off by {diag_err:.4f} (relative)"
     )
+    # the variance averaged over the d coordinates: SE sqrt(2 / (n d)), a tighter check
+    avg_err = abs(cov.diagonal().mean().item() - 1)
+    bound = 4.5 * math.sqrt(2 / (n * x.shape[1])) + var_bias
+    assert avg_err <= bound, f"mean variance off by {avg_err:.4f} (relative)"
     off = (cov - torch.diag(cov.diagonal())).abs().max().item()
     assert off <= 4.5 / math.sqrt(n), f"off-diagonal covariance {off:.4f} (relative)"
 
@@ -115,33 +119,35 @@ def test_pc_sampler_recovers_gaussian(predictor: str, corrector: str, sde_name: 
 def test_corrector_leaves_p_t_invariant(sde_name: str, corrector: str) -> None:
     """At a fixed t, 200 corrector steps from exact p_t samples keep p_t (up to ULA's known bias).
 
-    p_t = N(alpha m, (alpha^2 s^2 + std^2) I). Langevin's fixed point is v (1 + snr^2) (module
-    docstring); ALD's step eps = 2 alpha (snr std)^2 is fixed, and unadjusted Langevin with a fixed
-    step has the stationary variance v / (1 - eps / (2 v)) on N(mu, v).
+    p_t = N(alpha m, (alpha^2 s^2 + std^2) I). With the chain step to t_next = 0.1 the signal
+    ratio alpha_i = (alpha_t / alpha_t_next)^2 is 0.44 on VP / sub-VP (1 on VE) and snr = 1, so
+    that using alpha_i^(1/2) or 1 instead would shift the variance by 15% or more. Langevin's fixed point is v (1 + alpha_i snr^2) (module docstring); ALD's
+    step eps = 2 alpha_i (snr std)^2 is fixed, and unadjusted Langevin with a fixed step has the
+    stationary variance v / (1 - eps / (2 v)) on N(mu, v).
     """
     sde = SDES[sde_name]()
-    t, t_next, snr = 0.3, 0.299, 0.3
+    t, t_next, snr = 0.3, 0.1, 1.0
     x0 = M + S * torch.randn(N_SAMPLES, M.numel(), generator=make_generator(2))
     alpha, std = kernel(sde, t, x0)
     a, _ = kernel(sde, t_next, x0)
-    step_alpha = (alpha / a) ** 2
+    step_alpha = ((alpha / a) ** 2).item()
     v = (alpha**2 * S**2 + std**2).item()
     x = alpha * x0 + std * torch.randn(x0.shape, generator=make_generator(3))
     gen = make_generator(4)
     x, _ = CORRECTORS[corrector](sde, gaussian_score(sde, M, S), x, t, t_next, gen, snr, 200)
     if corrector == "langevin":
-        expected = v * (1 + snr**2)
+        expected = v * (1 + step_alpha * snr**2)
     else:
-        eps = (2 * step_alpha * (snr * std) ** 2).item()
+        eps = 2 * step_alpha * (snr * std.item()) ** 2
         expected = v / (1 - eps / (2 * v))
     assert_gaussian(x, alpha * M, expected, mean_bias=0.0, var_bias=0.0)
 
 
 def _ode_cfg(sampler: str) -> SamplingConfig:
-    """The ODE samplers at settings whose measured relative path error is below 2e-3."""
+    """ODE samplers at settings with measured relative path error < 6e-3 (Euler), 2e-3 (others)."""
     return {
         "ode": SamplingConfig(sampler="ode"),
-        "euler": SamplingConfig(sampler="euler", steps=500, schedule="edm"),
+        "euler": SamplingConfig(sampler="euler", steps=250, schedule="edm"),
         "heun": SamplingConfig(sampler="heun", steps=40, schedule="edm"),
         "dpmpp_2m": SamplingConfig(sampler="dpmpp_2m", steps=40, schedule="log_sigma"),
     }[sampler]
@@ -184,7 +190,7 @@ def test_fixed_step_solvers_converge_at_their_order(
     """
     sde = SDES[sde_name]()
     score = gaussian_score(sde, M.double(), S)
-    x_T = sde.prior_sampling((500, M.numel()), generator=make_generator(6), dtype=torch.float64)
+    x_T = sde.prior_sampling((200, M.numel()), generator=make_generator(6), dtype=torch.float64)
     eps = sde.default_eps
     ref = ode_solve(score, sde, x_T, sde.T, eps, rtol=1e-9, atol=1e-9)
     errors = []

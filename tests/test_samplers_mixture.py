@@ -89,7 +89,7 @@ def test_pc_sampler_recovers_mixture(predictor: str, corrector: str, sde_name: s
     "cfg",
     [
         SamplingConfig(sampler="ode"),
-        SamplingConfig(sampler="euler", steps=500, schedule="edm"),
+        SamplingConfig(sampler="euler", steps=250, schedule="edm"),
         SamplingConfig(sampler="heun", steps=40, schedule="edm"),
         SamplingConfig(sampler="dpmpp_2m", steps=40, schedule="log_sigma"),
     ],
@@ -99,4 +99,4 @@ def test_ode_samplers_recover_mixture(sde_name: str, cfg: SamplingConfig) -> Non
     sde = SDES[sde_name]()
     score = gaussian_mixture_score(sde, WEIGHTS, MEANS, STDS)
     x = sample(score, sde, (N_SAMPLES, 2), cfg, generator=make_generator(12)).samples
-    assert_mixture(x, steps=500)
+    assert_mixture(x, steps=250)

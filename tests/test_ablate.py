@@ -1,0 +1,144 @@
+"""`lscore ablate` on a real (tiny) quickstart checkpoint: table rows, NFE, plot, quality column."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_checkpoint import tiny_quickstart_checkpoint
+from torch import nn
+
+from lightning_score.cli import main
+from lightning_score.commands.ablate import sliced_wasserstein
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_quickstart_checkpoint(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ablate(checkpoint: Path, out: Path, samplers: str, *extra: str) -> int:
+    args = ["ablate", str(checkpoint), "--samplers", samplers, "--out", str(out), "--num", "8"]
+    return main([*args, "--batch-size", "4", "--no-progress", *extra])
+
+
+def read_rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "ablation.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_table_and_plot_from_a_sampler_list(checkpoint: Path, tmp_path: Path) -> None:
+    assert ablate(checkpoint, tmp_path, "euler:2,euler:4,heun:2,heun:3,pc:2,pc:4") == 0
+    rows = read_rows(tmp_path)
+    assert list(rows[0]) == [
+        "sampler",
+        "steps",
+        "nfe",
+        "seconds",
+        "samples_per_s",
+        "sliced_wasserstein_to_data",
+    ]
+    assert [(r["sampler"], int(r["steps"])) for r in rows] == [
+        ("euler uniform", 2),
+        ("euler uniform", 4),
+        ("heun uniform", 2),
+        ("heun uniform", 3),
+        ("pc euler_maruyama/none", 2),
+        ("pc euler_maruyama/none", 4),
+    ]
+    # exact NFE: Euler N + 1 (Tweedie), Heun 2N + 1, PC with Euler-Maruyama and no corrector N
+    assert [float(r["nfe"]) for r in rows] == [3, 5, 5, 7, 2, 4]
+    families: dict[str, list[float]] = {}
+    for r in rows:
+        families.setdefault(r["sampler"], []).append(float(r["nfe"]))
+    assert all(nfe == sorted(nfe) and len(set(nfe)) == len(nfe) for nfe in families.values())
+    for r in rows:
+        seconds, rate = float(r["seconds"]), float(r["samples_per_s"])
+        assert seconds > 0 and rate == pytest.approx(8 / seconds)
+        assert (
+            0 < float(r["sliced_wasserstein_to_data"]) < 8
+        )  # pixels in [0, 1], 64-d unit directions
+    md = (tmp_path / "ablation.md").read_text().splitlines()
+    assert (
+        md[0].startswith("| sampler | steps | nfe | seconds | samples_per_s |") and len(md) == 2 + 6
+    )
+    png = (tmp_path / "ablation.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_settings_file_expands_lists_and_labels_families(checkpoint: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "samplers.yaml"
+    spec.write_text(
+        "- {label: heun edm, sampler: heun, schedule: edm, steps: [2, 3]}\n"
+        "- {sampler: pc, predictor: reverse_diffusion, corrector: langevin, snr: 0.2, steps: 2}\n"
+    )
+    assert ablate(checkpoint, tmp_path / "out", str(spec), "--metric", "none") == 0
+    rows = read_rows(tmp_path / "out")
+    assert list(rows[0]) == ["sampler", "steps", "nfe", "seconds", "samples_per_s"]
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [
+        ("heun edm", "5.0"),
+        ("heun edm", "7.0"),
+        ("pc reverse_diffusion/langevin snr=0.2", "4.0"),
+    ]
+
+
+class TinyExtractor(nn.Module):
+    """A stand-in for Inception (the metrics engineer tests the real one): 4x4-pooled pixels."""
+
+    name, num_features, has_logits = "tiny-test-extractor", 48, False
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pool": nn.functional.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1)}
+
+
+def test_fid_column_with_reference_statistics(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.datasets import load_digits
+
+    from lightning_score import metrics
+
+    monkeypatch.setattr(metrics, "load_inception", lambda *a, **k: TinyExtractor())
+    digits = torch.from_numpy(load_digits().images[:64]).float().div(16).unsqueeze(1)
+    metrics.compute_reference_stats([digits], TinyExtractor(), kid_features=0).save(
+        tmp_path / "ref.npz"
+    )
+    args = ("--metric", "fid", "--ref-stats", str(tmp_path / "ref.npz"), "--num", "64")
+    assert ablate(checkpoint, tmp_path / "out", "pc:2", *args) == 0
+    (row,) = read_rows(tmp_path / "out")
+    # an almost untrained model's samples are far from the digits: FID well above 0
+    assert float(row["fid_64"]) > 0.1
+
+
+def test_bad_settings_fail_before_sampling(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ablate(checkpoint, tmp_path, "euler:2,rk45:3") == 2
+    assert "unknown sampler 'rk45'" in capsys.readouterr().err
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("- {sampler: heun, stepz: 3}\n")
+    assert ablate(checkpoint, tmp_path, str(spec)) == 2
+    err = capsys.readouterr().err
+    assert "unknown sampler settings ['stepz']" in err and "steps" in err
+    assert not (tmp_path / "ablation.csv").exists()
+
+
+def test_sliced_wasserstein_is_zero_on_itself_and_sees_a_shift() -> None:
+    x = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    assert sliced_wasserstein(x, x) == 0
+    # Shifting by the all-ones vector (norm 4) moves a projection on a uniform unit direction u
+    # by 4 |u_1|, with E|u_1| = Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2)) = 0.2026 in 16 dims;
+    # 128 directions give a standard error of about 0.05.
+    expected = 4 * math.gamma(8) / (math.sqrt(math.pi) * math.gamma(8.5))
+    assert sliced_wasserstein(x, x + 1) == pytest.approx(expected, abs=0.2)
