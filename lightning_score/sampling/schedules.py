@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_score.registry import lookup
 from lightning_score.sde import SDE
 
 
@@ -70,6 +71,4 @@ def time_grid(
     sde: SDE, steps: int, eps: float, schedule: str = "uniform", rho: float = 7.0
 ) -> list[float]:
     """``steps + 1`` decreasing times from T to eps under ``schedule`` (a key of SCHEDULES)."""
-    from lightning_score.registry import lookup
-
     return lookup(SCHEDULES, schedule, "time schedule")(sde, steps, eps, rho).tolist()
