@@ -29,7 +29,7 @@ class DiffusersUNet(nn.Module):
 def small_unet(
     data_shape: Sequence[int],
     sde: SDE,
-    channels: Sequence[int] = (32, 64, 64),
+    channels: Sequence[int] = (32, 64),
     layers_per_block: int = 1,
     attention: bool = True,
     dropout: float = 0.0,
