@@ -29,18 +29,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lscore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lscore", description="lightning-score: score-based generative modeling through SDEs"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, help_text in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"lightning_score.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"lightning_score.commands.{name}":
-                raise
-            continue
-        modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        modules[name] = importlib.import_module(f"lightning_score.commands.{name}")
+        modules[name].add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
     try:
         return int(modules[args.command].run(args) or 0)
