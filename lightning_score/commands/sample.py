@@ -20,20 +20,32 @@ import torch
 from lightning_score.config import SamplingConfig
 from lightning_score.sde import SDE
 
-_FIELD_TYPES = {bool: None, int: int, float: float, str: str}
-
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per SamplingConfig field, defaulting to "keep the checkpoint's value"."""
+    from lightning_score.sampling import CORRECTORS, ODE_METHODS, PREDICTORS, SAMPLERS, SCHEDULES
+
+    names = {
+        "sampler": SAMPLERS,
+        "predictor": PREDICTORS,
+        "corrector": CORRECTORS,
+        "schedule": SCHEDULES,
+        "method": ODE_METHODS,
+    }
     group = parser.add_argument_group("sampler (defaults: the checkpoint's sampling config)")
     for f in dataclasses.fields(SamplingConfig):
+        help_text = ", ".join(names[f.name]) if f.name in names else None
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            kind = float if default is None else _FIELD_TYPES[type(default)]
-            group.add_argument(flag, type=kind, default=None, metavar=f.name.upper())
+            kind = float if default is None else type(default)  # eps: float | None
+            group.add_argument(
+                flag, type=kind, default=None, metavar=f.name.upper(), help=help_text
+            )
 
 
 def sampling_from_args(base: SamplingConfig, args: argparse.Namespace) -> SamplingConfig:
@@ -82,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-    parser.add_argument("--grid", type=int, default=64, help="samples shown in grid.png")
+    parser.add_argument("--grid", type=int, default=64, help="samples shown in the grid PNG")
     add_sampling_arguments(parser)
 
 

@@ -46,7 +46,9 @@ def generate(
     """``num`` samples in batches; batch b of rank r draws all its noise from
     ``batch_seed(seed, r, b)``, so batches never share noise and a run repeats exactly."""
     if num <= 0 or batch_size <= 0:
-        raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
+        raise ValueError(
+            f"the number of samples and the batch size must be positive, got {num}, {batch_size}"
+        )
     device = torch.device(device)
     chunks, batch_nfe = [], []
     start = time.perf_counter()
