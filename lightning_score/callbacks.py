@@ -27,6 +27,14 @@ def save_points_plot(points: torch.Tensor, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def upscale_for_viewing(images: torch.Tensor, min_size: int = 32) -> torch.Tensor:
+    """Nearest-neighbour upscaling so that tiny images (8x8 digits) stay legible in a grid."""
+    factor = -(-min_size // images.shape[-1])
+    if factor <= 1:
+        return images
+    return torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+
+
 class SampleGridCallback(L.Callback):
     """Every ``every_n_steps`` (checked at validation, when EMA weights are swapped in) and at the
     end of training, sample ``num`` examples on rank zero and save a PNG grid (or a scatter plot
@@ -69,7 +77,7 @@ class SampleGridCallback(L.Callback):
             save_points_plot(result.samples, path, f"step {step}, {result.nfe} NFE")
             return
         images = pl_module.sde.unscale_data(result.samples).clamp(0, 1).float().cpu()
-        grid = make_grid(images, nrow=int(self.num**0.5), padding=1)
+        grid = make_grid(upscale_for_viewing(images), nrow=int(self.num**0.5), padding=1)
         save_image(grid, path)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
