@@ -1,4 +1,5 @@
-"""Pieces every sampler shares: the result type, the NFE counter, the time argument helper."""
+"""Pieces every sampler shares: the result type, the NFE counter, time and noise helpers, and the
+one-step chain implied by a linear SDE's perturbation kernel."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class CountingScore:
 def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
     """Time ``t`` as a ``(B,)`` tensor on the device and dtype of ``x`` (what ``score_fn`` takes)."""
     return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``, from ``generator`` (all sampler noise goes here)."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def linear_sde_reason(sde: SDE, what: str) -> str | None:

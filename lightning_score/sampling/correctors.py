@@ -11,8 +11,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lightning_score.sampling.base import batch_time, chain_step, kernel, linear_sde_reason
-from lightning_score.sampling.predictors import _noise
+from lightning_score.sampling.base import (
+    batch_time,
+    chain_step,
+    kernel,
+    linear_sde_reason,
+    noise_like,
+)
 from lightning_score.sde import SDE, ScoreFn
 
 Corrector = Callable[
@@ -51,7 +56,7 @@ def langevin(
     x_mean = x
     for _ in range(n_steps):
         grad = score_fn(x, tb)
-        z = _noise(x, generator)
+        z = noise_like(x, generator)
         ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()
         step = 2 * alpha * (snr * ratio) ** 2
         x_mean = x + step * grad
@@ -77,7 +82,7 @@ def ald(
     x_mean = x
     for _ in range(n_steps):
         x_mean = x + step * score_fn(x, tb)
-        x = x_mean + (2 * step).sqrt() * _noise(x, generator)
+        x = x_mean + (2 * step).sqrt() * noise_like(x, generator)
     return x, x_mean
 
 

@@ -11,16 +11,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lightning_score.sampling.base import batch_time, chain_step, kernel, linear_sde_reason
+from lightning_score.sampling.base import (
+    batch_time,
+    chain_step,
+    kernel,
+    linear_sde_reason,
+    noise_like,
+)
 from lightning_score.sde import SDE, VPSDE, ScoreFn, SubVPSDE, batch_broadcast
 
 Predictor = Callable[
     [SDE, ScoreFn, Tensor, float, float, torch.Generator | None], tuple[Tensor, Tensor]
 ]
-
-
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def euler_maruyama(
@@ -35,7 +37,7 @@ def euler_maruyama(
     dt = t_next - t
     drift, diffusion = sde.reverse(score_fn).sde(x, batch_time(t, x))
     x_mean = x + drift * dt
-    return x_mean + batch_broadcast(diffusion, x) * (-dt) ** 0.5 * _noise(x, generator), x_mean
+    return x_mean + batch_broadcast(diffusion, x) * (-dt) ** 0.5 * noise_like(x, generator), x_mean
 
 
 def reverse_diffusion(
@@ -50,7 +52,7 @@ def reverse_diffusion(
     a, g2, _, _ = chain_step(sde, t, t_next, x)
     score = score_fn(x, batch_time(t, x))
     x_mean = x - (a - 1) * x + g2 * score
-    return x_mean + g2.sqrt() * _noise(x, generator), x_mean
+    return x_mean + g2.sqrt() * noise_like(x, generator), x_mean
 
 
 def ancestral_sampling(
@@ -75,7 +77,7 @@ def ancestral_sampling(
     x_mean = alpha_s * g2 / std_t**2 * x0_hat + a * std_s**2 / std_t**2 * x
     is_vp = isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE)
     variance = g2 if is_vp else g2 * std_s**2 / std_t**2
-    return x_mean + variance.sqrt() * _noise(x, generator), x_mean
+    return x_mean + variance.sqrt() * noise_like(x, generator), x_mean
 
 
 PREDICTORS: dict[str, Predictor | None] = {
