@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import (
 )
 
 from lightning_score.callbacks import SampleGridCallback
+from lightning_score.callbacks_logging import logging_callbacks
 from lightning_score.config import ExperimentConfig, save_config
 from lightning_score.data import build_datamodule
 from lightning_score.loggers import build_logger
@@ -37,6 +38,7 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
             save_last=True,
         ),
         LearningRateMonitor(logging_interval="step"),
+        *logging_callbacks(cfg),
         TQDMProgressBar(refresh_rate=10),
         SampleGridCallback(
             cfg.run_dir / "samples",

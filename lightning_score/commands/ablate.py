@@ -236,5 +236,9 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         print(json.dumps(row))
     write_outputs(rows, quality.name, args.out)
+    from lightning_score.loggers import report_to_wandb  # no-op unless W&B is in use
+
+    plot, table = {"ablation/quality_vs_nfe": args.out / "ablation.png"}, {"ablation/results": rows}
+    report_to_wandb(exp, args.out, "ablate", vars(args), images=plot, tables=table)
     print(f"wrote {args.out / 'ablation.csv'}, ablation.md, ablation.png")
     return 0

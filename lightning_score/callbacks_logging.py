@@ -1,0 +1,101 @@
+"""Logging callbacks beside the metrics ScoreModule logs itself: training throughput and the
+per-t validation loss plot. Both work with every logger (CSV, TensorBoard, W&B); images go to
+the loggers that take images."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from lightning_score.config import ExperimentConfig
+from lightning_score.plots import Bins, binned_losses, bins_as_rows, plot_per_t_loss
+
+
+def log_image_file(trainer: L.Trainer, key: str, path: Path, step: int) -> None:
+    """Send a PNG on disk to the image-capable loggers (W&B, TensorBoard); CSV keeps the file."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            from PIL import Image
+
+            image = np.asarray(Image.open(path).convert("RGB"))
+            logger.experiment.add_image(key, image, step, dataformats="HWC")
+
+
+class SamplesPerSecond(L.Callback):
+    """``train/samples_per_s``: training examples per second over all ranks, averaged over the last
+    ``window`` steps (a window, not one step, so asynchronous GPU work is counted where it ends).
+    Validation, sample grids and evaluation in between are not training time and are left out."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self._steps: deque[tuple[float, int]] = deque(maxlen=max(window, 1))
+        self._last: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
+    ) -> None:
+        now = time.perf_counter()
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self._steps.append((now - (self._last or now), len(x)))
+        self._last = now
+        seconds = sum(s for s, _ in self._steps)
+        if seconds > 0:
+            rate = sum(n for _, n in self._steps) * trainer.world_size / seconds
+            pl_module.log("train/samples_per_s", rate, on_step=True, on_epoch=False)
+
+    def on_validation_start(self, trainer: L.Trainer, *_: Any) -> None:
+        self._last = None
+
+
+class PerTimeLossPlot(L.Callback):
+    """After each validation, draw the per-t validation losses of all validations so far into
+    ``path`` (overwritten) and send it, plus a table of this validation's bins, to the loggers."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.history: dict[int, Bins] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}  # a resumed run keeps the earlier lines
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {
+            int(k): [(lo, hi, loss) for lo, hi, loss in v] for k, v in state_dict["history"].items()
+        }
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        bins = binned_losses(trainer.callback_metrics)
+        if not bins or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        self.history[step] = bins
+        plot_per_t_loss(self.history, self.path)
+        log_image_file(trainer, "val/loss_per_t_plot", self.path, step)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                rows = bins_as_rows(step, bins)
+                data = [list(r.values()) for r in rows]
+                logger.log_table(key="val/loss_per_t", columns=list(rows[0]), data=data, step=step)
+
+
+def logging_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
+    """The callbacks of this module for a run of ``cfg``."""
+    return [
+        SamplesPerSecond(window=cfg.trainer.log_every_n_steps),
+        PerTimeLossPlot(cfg.run_dir / "per_t_loss.png"),
+    ]

@@ -1,0 +1,70 @@
+"""Diagnostic plots written as PNG files: validation loss per bin of t.
+
+Users tune noise schedules and loss weightings by where in t the loss sits and how each bin
+falls over training; ``ScoreModule`` logs one scalar per bin (``val_loss_t/<lo>-<hi>``), and
+this module turns those scalars into one picture.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PER_T_PREFIX = "val_loss_t/"
+_BIN = re.compile(rf"^{re.escape(PER_T_PREFIX)}([0-9.]+)-([0-9.]+)$")
+
+Bins = list[tuple[float, float, float]]  # (t_lo, t_hi, loss) per bin, sorted by t
+
+
+def binned_losses(metrics: Mapping[str, Any]) -> Bins:
+    """The ``val_loss_t/<lo>-<hi>`` entries of ``metrics`` as (t_lo, t_hi, loss), sorted by t."""
+    bins = []
+    for key, value in metrics.items():
+        match = _BIN.match(key)
+        if match:
+            bins.append((float(match[1]), float(match[2]), float(value)))
+    return sorted(bins)
+
+
+def plot_per_t_loss(history: Mapping[int, Bins], path: Path, max_lines: int = 8) -> Path:
+    """Loss against t (bin centres, log scale), one line per validation step, newest darkest.
+
+    At most ``max_lines`` steps are drawn, evenly spaced over ``history`` and always the newest.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(history)
+    if len(steps) > max_lines:
+        picks = {round(i * (len(steps) - 1) / (max_lines - 1)) for i in range(max_lines)}
+        steps = [steps[i] for i in sorted(picks)]
+    cmap = plt.get_cmap("viridis_r")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, step in enumerate(steps):
+        bins = history[step]
+        centres = [(lo + hi) / 2 for lo, hi, _ in bins]
+        losses = [loss for _, _, loss in bins]
+        shade = cmap(0.15 + 0.85 * (i + 1) / len(steps))
+        ax.plot(centres, losses, marker="o", color=shade, label=f"step {step}")
+    ax.set_yscale("log")
+    ax.set_xlabel("t (bin centre)")
+    ax.set_ylabel("validation loss")
+    ax.set_title("validation loss per bin of t")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def bins_as_rows(step: int, bins: Sequence[tuple[float, float, float]]) -> list[dict[str, float]]:
+    """Table rows (step, t_lo, t_hi, t_mid, loss), e.g. for a W&B table and a custom line chart."""
+    return [
+        {"step": step, "t_lo": lo, "t_hi": hi, "t_mid": (lo + hi) / 2, "loss": loss}
+        for lo, hi, loss in bins
+    ]
