@@ -107,6 +107,7 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     log_every_n_steps: int = 50
     deterministic: bool = False
+    nonfinite: str = "stop"  # non-finite loss or gradient: stop | skip (drop that update)
 
 
 @dataclass
@@ -135,6 +136,10 @@ class ExperimentConfig:
     name: str = "quickstart"
     seed: int = 0
     out_dir: str = "runs"
+    # auto: continue from the run directory's newest valid checkpoint (start fresh when it has
+    # none), so rerunning a preempted command continues it; none: start fresh (refused when the
+    # run directory already holds checkpoints); or the path of a checkpoint to continue from.
+    resume: str = "auto"
     sde: SDEConfig = field(default_factory=SDEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -235,6 +240,19 @@ def _check_choice(value: str, choices: set[str] | dict, key: str) -> None:
         )
 
 
+def _device_count(devices: Any) -> int | None:
+    """Devices per node as Lightning reads ``trainer.devices`` (None: decided at run time)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    return None
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Range and name checks that the schema's types cannot express."""
     from lightning_score.data import DATASETS
@@ -243,10 +261,13 @@ def validate(cfg: ExperimentConfig) -> None:
     from lightning_score.sampling import CORRECTORS, PREDICTORS, SAMPLERS
     from lightning_score.sde import SDES
 
+    _check(cfg.resume.strip() != "", "resume must be none, auto or the path of a checkpoint")
+
     s = cfg.sde
     _check_choice(s.name, SDES, "sde.name")
     if s.name == "vesde":
         _check(s.sigma_min > 0, f"sde.sigma_min must be > 0, got {s.sigma_min}")
+        _check(s.sigma_max > 0, f"sde.sigma_max must be > 0, got {s.sigma_max}")
         _check(
             s.sigma_min < s.sigma_max,
             f"sde.sigma_min ({s.sigma_min}) must be below sde.sigma_max ({s.sigma_max})",
@@ -304,8 +325,10 @@ def validate(cfg: ExperimentConfig) -> None:
         {"32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"},
         "trainer.precision",
     )
-    if isinstance(t.devices, int) and t.devices > 1:
-        world = t.devices * t.num_nodes
+    _check_choice(t.nonfinite, {"stop", "skip"}, "trainer.nonfinite")
+    devices = _device_count(t.devices)
+    if devices is not None and devices * t.num_nodes > 1:
+        world = devices * t.num_nodes
         _check(
             d.batch_size % world == 0,
             f"data.batch_size ({d.batch_size}) is the global batch: it must be divisible by "

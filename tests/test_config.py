@@ -53,6 +53,32 @@ BAD = [
     (["trainer.precision=bf16"], r"trainer.precision='bf16' is not valid"),
     (["lr=0.1"], r"unknown config key 'lr'"),
     (["justakey"], r"overrides must look like key=value"),
+    # reliability (issue 6): ranges, DDP batch splits and the resume / non-finite keys
+    (["sde.name=vesde", "sde.sigma_max=-5"], r"sde.sigma_max must be > 0, got -5.0"),
+    (
+        ["sde.name=vpsde", "sde.beta_min=20", "sde.beta_max=20"],
+        r"sde.beta_min \(20.0\) must be below sde.beta_max \(20.0\)",
+    ),
+    (["loss.eps=0"], r"loss.eps must lie in \(0, 1\), got 0.0"),
+    (["sampling.eps=1.0"], r"sampling.eps must lie in \(0, 1\), got 1.0"),
+    (["optim.lr=-1e-4"], r"optim.lr must be > 0"),
+    (["data.batch_size=0"], r"data.batch_size must be positive"),
+    (
+        ["trainer.devices=[0,1,2]", "data.batch_size=64"],
+        r"data.batch_size \(64\) is the global batch: .* \(3\)",
+    ),
+    (
+        ["trainer.devices=2", "trainer.num_nodes=2", "data.batch_size=6"],
+        r"data.batch_size \(6\) is the global batch: .* \(4\)",
+    ),
+    (
+        ["trainer.nonfinite=ignore"],
+        r"trainer.nonfinite='ignore' is not valid; choose one of: skip, stop",
+    ),
+    (["trainer.nonfinit=skip"], r"did you mean 'trainer.nonfinite'"),
+    (["resum=auto"], r"unknown config key 'resum' \(did you mean 'resume'\?\)"),
+    (["resume=null"], r"wrong type for 'resume'"),
+    (["resume=''"], r"resume must be none, auto or the path of a checkpoint"),
 ]
 
 
