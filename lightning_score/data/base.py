@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_score.config import DataConfig
+from lightning_score.data.resumable import ResumableDataLoader
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -51,23 +52,30 @@ class ScoreDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         return max(1, self.cfg.batch_size // world)
 
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
-        assert dataset is not None, "call setup() first"
-        return DataLoader(
-            dataset,
-            batch_size=self.per_device_batch_size(),
-            shuffle=train,
-            drop_last=train and len(dataset) >= self.per_device_batch_size(),  # type: ignore[arg-type]
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled per (seed, epoch), one shard per rank, resumable mid-epoch from a checkpoint."""
+        assert self.train_set is not None, "call setup() first"
+        batch_size = self.per_device_batch_size()
+        trainer = self.trainer
+        return ResumableDataLoader(
+            self.train_set,
+            batch_size=batch_size,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            drop_last=len(self.train_set) >= batch_size,  # type: ignore[arg-type]
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        assert self.val_set is not None, "call setup() first"
+        return DataLoader(
+            self.val_set,
+            batch_size=self.per_device_batch_size(),
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
 
 
 def split_fraction(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
