@@ -3,18 +3,22 @@
 A training checkpoint is Lightning's dict. With EMA on, ``state_dict`` holds the EMA weights and
 ``current_model_state`` the raw ones (Lightning's ``WeightAveraging`` layout); the resolved config
 sits in ``hyper_parameters["config"]`` so that sampling, evaluation and likelihood need only the path.
+
+:func:`find_resume_checkpoint` picks the checkpoint a preempted run continues from: the newest one
+of its run directory that loads, with the reasons the newer ones did not.
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lightning_score.config import ExperimentConfig, from_dict
+from lightning_score.config import ExperimentConfig, from_dict, to_dict
 from lightning_score.nets import ScoreModel
 
 MODEL_PREFIX = "score_model."
@@ -24,13 +28,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or lacks what was asked of it."""
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict without unpickling arbitrary objects."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint dict without unpickling arbitrary objects.
+
+    ``mmap=True`` maps tensors lazily instead of reading them: a cheap check that a file is a
+    complete checkpoint (a truncated file has lost the zip directory at its end) and a cheap read
+    of its metadata.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
@@ -81,3 +92,73 @@ def load_score_model(
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     return model.to(map_location).eval(), cfg
+
+
+#: Config entries that define a run's trajectory: continuing a run with one of them changed would
+#: silently make it a different run. Where data is read from and how fast may change.
+TRAJECTORY_KEYS = (
+    *("seed", "sde.", "model.", "loss.", "optim.", "ema.", "data."),
+    *("trainer.precision", "trainer.gradient_clip_val"),
+)
+RELOCATABLE_KEYS = ("data.root", "data.num_workers", "data.download")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: ExperimentConfig, current: ExperimentConfig) -> list[str]:
+    """``key: saved -> current`` for every trajectory-defining entry that differs."""
+    old, new = _flat(to_dict(saved)), _flat(to_dict(current))
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+        if k.startswith(TRAJECTORY_KEYS)
+        and not k.startswith(RELOCATABLE_KEYS)
+        and old.get(k) != new.get(k)
+    ]
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """All checkpoint files of a run, newest first: ``checkpoints/*.ckpt`` and the
+    ``hpc_ckpt_*.ckpt`` that Lightning writes on SLURM's requeue signal."""
+    run_dir = Path(run_dir)
+    files = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint to continue from, and why each newer file was passed over."""
+
+    path: Path
+    step: int
+    config: ExperimentConfig
+    skipped: list[str] = field(default_factory=list)
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> ResumePoint | None:
+    """The newest checkpoint of ``run_dir`` that loads (weights only); None if it has none.
+
+    Unreadable files are passed over, never touched; if no file loads, the error lists why.
+    """
+    skipped: list[str] = []
+    for path in run_checkpoints(run_dir):
+        try:
+            ckpt = load_checkpoint(path, mmap=True)
+            return ResumePoint(path, int(ckpt["global_step"]), checkpoint_config(ckpt), skipped)
+        except (CheckpointError, KeyError) as err:
+            skipped.append(str(err) if isinstance(err, CheckpointError) else f"{path}: no {err}")
+    if skipped:
+        raise CheckpointError(
+            f"no checkpoint of {run_dir} can be resumed from: {'; '.join(skipped)}; "
+            "pass resume=<path> to a good copy, or resume=none with a new name= for a new run"
+        )
+    return None

@@ -24,8 +24,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from lightning_score.checkpoint import CheckpointError
     from lightning_score.config import ConfigError
     from lightning_score.data import DataNotFoundError
+    from lightning_score.reliability import NonFiniteError
 
-    return (ConfigError, CheckpointError, DataNotFoundError, ValueError, FileNotFoundError)
+    return (
+        ConfigError,
+        CheckpointError,
+        DataNotFoundError,
+        NonFiniteError,
+        ValueError,
+        FileNotFoundError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,7 @@ class ScoreModule(L.LightningModule):
         x = self._prepare(batch)
         sampler = TIME_SAMPLERS[self.cfg.loss.time_sampler]
         times = sampler(self.sde, x.shape[0], self.cfg.loss.eps, x.device)
+        self.last_batch_t = times.t.detach()  # named in the non-finite guard's message
         losses = dsm_loss(
             self.score_model, self.sde, x, times, self.cfg.loss.weighting, self.cfg.loss.reduce
         )

@@ -1,13 +1,21 @@
 """Config -> (DataModule, ScoreModule, callbacks, Trainer) -> fit. One run directory per run:
 
     {out_dir}/{name}/config.yaml         resolved config
-    {out_dir}/{name}/checkpoints/        last.ckpt (+ step-numbered snapshots), EMA inside
+    {out_dir}/{name}/checkpoints/        last.ckpt, last-prev.ckpt (+ step-numbered snapshots)
     {out_dir}/{name}/logs/               CSV / TensorBoard / W&B files
     {out_dir}/{name}/samples/            sample grids
+
+A checkpoint holds the model, EMA, optimizer, LR schedule, loop progress (step) and the train
+loader's position; batch-level seeding makes the RNG streams a function of that position, so a
+resumed run repeats what the interrupted one would have done (see ``data/resumable.py``).
+``resume=auto`` (the default) continues from the newest checkpoint of the run directory that
+loads, so rerunning a preempted command continues it.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -15,28 +23,44 @@ from lightning.pytorch.callbacks import (
     Callback,
     EMAWeightAveraging,
     LearningRateMonitor,
-    ModelCheckpoint,
     TQDMProgressBar,
 )
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_score.callbacks import SampleGridCallback
 from lightning_score.callbacks_logging import logging_callbacks
-from lightning_score.config import ExperimentConfig, save_config
+from lightning_score.checkpoint import (
+    checkpoint_config,
+    config_changes,
+    find_resume_checkpoint,
+    load_checkpoint,
+    run_checkpoints,
+)
+from lightning_score.config import ConfigError, ExperimentConfig, save_config
 from lightning_score.data import build_datamodule
 from lightning_score.loggers import build_logger
 from lightning_score.module import ScoreModule
+from lightning_score.reliability import (
+    PREEMPTED_EXIT_CODE,
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    RunCheckpoint,
+)
 
 
 def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
     callbacks: list[Callback] = [
-        ModelCheckpoint(
+        RunCheckpoint(
             dirpath=str(cfg.run_dir / "checkpoints"),
             filename="step{step:07d}",
             auto_insert_metric_name=False,
             every_n_train_steps=cfg.checkpoint.every_n_steps,
             save_top_k=-1 if cfg.checkpoint.keep_periodic else 0,
             save_last=True,
+            enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
         ),
+        NonFiniteGuard(cfg.trainer.nonfinite),
         LearningRateMonitor(logging_interval="step"),
         *logging_callbacks(cfg),
         TQDMProgressBar(refresh_rate=10),
@@ -53,7 +77,8 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
     return callbacks
 
 
-def build_trainer(cfg: ExperimentConfig) -> L.Trainer:
+def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """The Trainer for ``cfg``; ``callbacks`` are added to the configured ones."""
     t = cfg.trainer
     return L.Trainer(
         default_root_dir=str(cfg.run_dir),
@@ -72,18 +97,69 @@ def build_trainer(cfg: ExperimentConfig) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         logger=build_logger(cfg),
-        callbacks=build_callbacks(cfg),
+        callbacks=[*build_callbacks(cfg), *callbacks],
+        plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
     )
 
 
-def train(cfg: ExperimentConfig) -> Path:
-    """Run training for ``cfg`` and return the run directory."""
+def resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
+    """The checkpoint that ``cfg.resume`` continues from (None: start fresh), decided before any
+    data is read. Never deletes or changes a file."""
+    if cfg.resume == "none":
+        existing = run_checkpoints(cfg.run_dir)
+        if existing:
+            raise ConfigError(
+                f"{cfg.run_dir} already holds checkpoints ({existing[0].name}): resume=auto "
+                "continues that run; for a new run pick another name= or out_dir="
+            )
+        return None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        changes = config_changes(checkpoint_config(load_checkpoint(path, mmap=True)), cfg)
+        if changes:
+            rank_zero_warn(f"resume={path}: continuing with a changed config: {'; '.join(changes)}")
+        return path
+    point = find_resume_checkpoint(cfg.run_dir)
+    if point is None:
+        return None
+    for reason in point.skipped:
+        rank_zero_warn(f"resume=auto: passing over {reason}")
+    changes = config_changes(point.config, cfg)
+    if changes:
+        raise ConfigError(
+            f"{cfg.run_dir} holds a run with a different config ({'; '.join(changes[:5])}): "
+            "for a new run pick another name= or out_dir=; to continue that run with these "
+            f"changes, pass resume={point.path}"
+        )
+    older = " (the newest valid checkpoint)" if point.skipped else ""
+    done = (
+        f"; the run is complete (trainer.max_steps={cfg.trainer.max_steps}): raise "
+        "trainer.max_steps to train longer"
+        if point.step >= cfg.trainer.max_steps
+        else ""
+    )
+    rank_zero_info(f"resume=auto: continuing from {point.path}{older} at step {point.step}{done}")
+    return point.path
+
+
+def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
+    """Run training for ``cfg`` (continuing as ``cfg.resume`` says) and return the run directory.
+
+    A run stopped by SIGTERM saves ``last`` and exits with status 143 (``SystemExit``).
+    """
+    ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.seed)
     module = ScoreModule(cfg)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, callbacks)
     if trainer.is_global_zero:
         save_config(cfg, cfg.run_dir / "config.yaml")
-    trainer.fit(module, datamodule=datamodule)
+    with warnings.catch_warnings():
+        if ckpt_path is not None:  # a resumed run's checkpoint directory is expected to be full
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* not empty")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
     return cfg.run_dir

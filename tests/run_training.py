@@ -1,0 +1,109 @@
+"""A tiny toy-2D training run for the reliability tests, also run as a subprocess (SIGKILL,
+SIGTERM, 2-process DDP): ``python tests/run_training.py OUT_DIR [--hang-at N] [--record-batches]
+[key=value ...]``.
+
+``--hang-at N``: once N updates are done (and their checkpoint written), write ``OUT_DIR/hanging``
+and wait, until SIGTERM (Lightning's handler then ends the run after that batch) or SIGKILL.
+``--record-batches``: save the batches and times each rank trained on, and the checkpoint files
+it wrote, to ``OUT_DIR/record_rank{R}.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_score.config import ExperimentConfig, load_config
+from lightning_score.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: 320 points in batches of 64: 5 batches an epoch, so 12 steps cross two epoch boundaries.
+TINY = [
+    "trainer.max_steps=12",
+    "checkpoint.every_n_steps=3",
+    "checkpoint.keep_periodic=false",
+    "data.num_points=320",
+    "data.batch_size=64",
+    "model.kwargs.hidden=32",
+    "model.kwargs.depth=2",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true",
+    "sample_grid.every_n_steps=100000",
+    "sample_grid.num=16",
+    "sampling.steps=5",
+]
+
+
+def tiny_config(out_dir: Path, *overrides: str) -> ExperimentConfig:
+    return load_config(ROOT / "configs" / "toy2d.yaml", [f"out_dir={out_dir}", *TINY, *overrides])
+
+
+class HangAt(L.Callback):
+    def __init__(self, step: int, marker: Path) -> None:
+        self.step, self.marker = step, marker
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            self.marker.write_text("hanging")
+            while not trainer.received_sigterm:
+                time.sleep(0.02)
+
+
+class RecordBatches(L.Callback):
+    """Per rank: the batches and the t drawn for each step, and the checkpoint files it wrote."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.batches: list[torch.Tensor] = []
+        self.times: list[torch.Tensor] = []
+        self.writes: list[str] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def counted(checkpoint: dict, path: Any, **kwargs: Any) -> None:
+            self.writes.append(Path(path).name)
+            save(checkpoint, path, **kwargs)
+
+        io.save_checkpoint = counted  # type: ignore[method-assign]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, out: Any, batch: Any, *args):
+        self.batches.append(batch[0].detach().clone())
+        self.times.append(pl_module.last_batch_t.clone())
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        record = {
+            "batches": torch.stack(self.batches),
+            "times": torch.stack(self.times),
+            "writes": self.writes,
+        }
+        torch.save(record, self.out_dir / f"record_rank{trainer.global_rank}.pt")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--hang-at", type=int)
+    parser.add_argument("--record-batches", action="store_true")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args(argv)
+    callbacks: list[L.Callback] = []
+    if args.hang_at is not None:
+        callbacks.append(HangAt(args.hang_at, args.out_dir / "hanging"))
+    if args.record_batches:
+        callbacks.append(RecordBatches(args.out_dir))
+    train(tiny_config(args.out_dir, *args.overrides), callbacks)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
