@@ -3,7 +3,8 @@ SIGTERM, 2-process DDP): ``python tests/run_training.py OUT_DIR [--hang-at N] [-
 [key=value ...]``.
 
 ``--hang-at N``: once N updates are done (and their checkpoint written), write ``OUT_DIR/hanging``
-and wait, until SIGTERM (Lightning's handler then ends the run after that batch) or SIGKILL.
+and wait, until SIGTERM (Lightning's handler then ends the run after that batch) or SIGKILL;
+with ``--in-validation``, wait in the first validation batch after update N instead.
 ``--record-batches``: save the batches and times each rank trained on, and the checkpoint files
 it wrote, to ``OUT_DIR/record_rank{R}.pt``.
 """
@@ -48,14 +49,22 @@ def tiny_config(out_dir: Path, *overrides: str) -> ExperimentConfig:
 
 
 class HangAt(L.Callback):
-    def __init__(self, step: int, marker: Path) -> None:
-        self.step, self.marker = step, marker
+    def __init__(self, step: int, marker: Path, in_validation: bool) -> None:
+        self.step, self.marker, self.in_validation = step, marker, in_validation
 
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
+    def _hang(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self.step and not self.marker.exists():
             self.marker.write_text("hanging")
             while not trainer.received_sigterm:
                 time.sleep(0.02)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self.in_validation:
+            self._hang(trainer)
+
+    def on_validation_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.in_validation:
+            self._hang(trainer)
 
 
 class RecordBatches(L.Callback):
@@ -94,12 +103,13 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--hang-at", type=int)
+    parser.add_argument("--in-validation", action="store_true")
     parser.add_argument("--record-batches", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
     callbacks: list[L.Callback] = []
     if args.hang_at is not None:
-        callbacks.append(HangAt(args.hang_at, args.out_dir / "hanging"))
+        callbacks.append(HangAt(args.hang_at, args.out_dir / "hanging", args.in_validation))
     if args.record_batches:
         callbacks.append(RecordBatches(args.out_dir))
     train(tiny_config(args.out_dir, *args.overrides), callbacks)

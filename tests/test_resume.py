@@ -68,31 +68,28 @@ def assert_same_training_state(got: Path, want: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """12 uninterrupted steps."""
-    out = tmp_path_factory.mktemp("uninterrupted")
-    return train(tiny_config(out)) / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def killed(tmp_path_factory) -> Path:
-    """The same run, SIGKILLed after step 6 (checkpoints every 3 steps)."""
-    out = tmp_path_factory.mktemp("killed")
-    proc = start_run(out, "--hang-at", "6")
-    wait_for(proc, out / "hanging")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """12 uninterrupted steps (last.ckpt), and the run dir of the same run SIGKILLed after step
+    6 (checkpoints every 3 steps); the two run side by side."""
+    killed = tmp_path_factory.mktemp("killed")
+    proc = start_run(killed, "--hang-at", "6")
+    reference = train(tiny_config(tmp_path_factory.mktemp("uninterrupted")))
+    wait_for(proc, killed / "hanging")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    return out
+    return reference / "checkpoints" / "last.ckpt", killed
 
 
-def test_rerun_after_sigkill_matches_uninterrupted_run(reference, killed, tmp_path):
+def test_rerun_after_sigkill_matches_uninterrupted_run(runs, tmp_path):
+    reference, killed = runs
     shutil.copytree(killed, tmp_path, dirs_exist_ok=True)
     assert load_checkpoint(tmp_path / "toy2d" / "checkpoints" / "last.ckpt")["global_step"] == 6
     train(tiny_config(tmp_path))  # the same command again: resume=auto is the default
     assert_same_training_state(tmp_path / "toy2d" / "checkpoints" / "last.ckpt", reference)
 
 
-def test_truncated_last_checkpoint_falls_back_to_the_previous_one(reference, killed, tmp_path):
+def test_truncated_last_checkpoint_falls_back_to_the_previous_one(runs, tmp_path):
+    reference, killed = runs
     shutil.copytree(killed, tmp_path, dirs_exist_ok=True)
     ckpts = tmp_path / "toy2d" / "checkpoints"
     last = ckpts / "last.ckpt"
@@ -119,3 +116,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path):
     assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE, proc.stderr.read()[-3000:]
     # Lightning finishes the batch under way, then the checkpoint callback saves it
     assert load_checkpoint(tmp_path / "toy2d" / "checkpoints" / "last.ckpt")["global_step"] == 5
+
+
+def test_sigterm_during_validation_saves_raw_and_ema_weights_in_their_places(tmp_path):
+    # Validation runs on the EMA weights swapped into the model; the save must swap them back.
+    args = ("checkpoint.every_n_steps=100", "trainer.limit_val_batches=2", "data.val_fraction=0.5")
+    proc = start_run(tmp_path / "stopped", "--hang-at", "4", "--in-validation", *args)
+    want = train(tiny_config(tmp_path / "reference", "trainer.max_steps=4", *args))
+    wait_for(proc, tmp_path / "stopped" / "hanging")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE, proc.stderr.read()[-3000:]
+    a = load_checkpoint(tmp_path / "stopped" / "toy2d" / "checkpoints" / "last.ckpt")
+    b = load_checkpoint(want / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 4
+    assert max_abs_diff(a["state_dict"], b["state_dict"]) == 0.0
+    assert max_abs_diff(a["current_model_state"], b["current_model_state"]) == 0.0
