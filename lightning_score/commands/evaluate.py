@@ -1,0 +1,174 @@
+"""``lscore evaluate CKPT --num 50000 --metrics fid,is,kid``: sample and score against the data.
+
+Samples come from the EMA weights (``--no-ema`` for the raw ones) with the checkpoint's sampler
+unless flags override it; batch b uses the seed ``batch_seed(seed, 0, b)``, exactly as
+``lscore sample`` does, so the two commands draw the same images. ``SOURCE`` may also be an
+``.npz`` of uint8 images (``arr_0``, NHWC or NCHW) such as ``lscore sample`` writes.
+
+Reference statistics: ``--stats FILE.npz`` (from ``lscore stats``), or computed from the training
+split of the checkpoint's data config (``--data-config`` for an ``.npz``), cached by content.
+Metric names carry the sample count (``fid_50k``): the paper's numbers use 50,000 samples against
+the training set, and fewer samples bias FID upwards. Results are printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_score.commands.sample import (
+    add_sampling_arguments,
+    resolve_device,
+    sampling_from_args,
+    to_data_space,
+)
+from lightning_score.commands.stats import add_extractor_arguments, split_batches
+from lightning_score.config import SamplingConfig, load_config
+from lightning_score.nets import ScoreModel
+
+DEFAULT_NUM = 50_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="a training checkpoint (.ckpt) or samples (.npz)")
+    parser.add_argument(
+        "--num", type=int, default=None, help=f"samples (default {DEFAULT_NUM}; all of an .npz)"
+    )
+    parser.add_argument("--metrics", default="fid", help="comma-separated: fid,is,kid")
+    parser.add_argument("--stats", type=Path, default=None, help="reference stats (lscore stats)")
+    parser.add_argument(
+        "--data-config", default=None, help="data config for the reference set of an .npz source"
+    )
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sample-batch-size", type=int, default=250, help="images per sampler batch"
+    )
+    parser.add_argument("--kid-subset-size", type=int, default=1000)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="directory for metrics JSON and sample grid"
+    )
+    add_extractor_arguments(parser)
+    add_sampling_arguments(parser)
+
+
+def _npz_images(path: Path, num: int | None) -> Tensor:
+    with np.load(path, allow_pickle=False) as data:
+        if "arr_0" not in data.files:
+            raise ValueError(f"{path} holds {data.files}, expected images under 'arr_0'")
+        images = data["arr_0"]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"{path}: expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}"
+        )
+    x = torch.from_numpy(images)
+    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if num is not None:
+        if num > x.shape[0]:
+            raise ValueError(f"--num {num} but {path} holds only {x.shape[0]} images")
+        x = x[:num]
+    return x.contiguous()
+
+
+def _generated_batches(
+    model: ScoreModel,
+    cfg: SamplingConfig,
+    shape: tuple[int, ...],
+    args: argparse.Namespace,
+    device: torch.device,
+    nfes: list[float],
+) -> Iterator[Tensor]:
+    """Samples in [0, 1], one sampler batch at a time (50k images never sit in memory)."""
+    from lightning_score.sampling import sample
+    from lightning_score.sampling.seeding import batch_seed, make_generator
+
+    num = args.num or DEFAULT_NUM
+    for b, first in enumerate(range(0, num, args.sample_batch_size)):
+        n = min(args.sample_batch_size, num - first)
+        gen = make_generator(batch_seed(args.seed, 0, b), device)
+        with torch.no_grad():
+            out = sample(model, model.sde, (n, *shape), cfg, generator=gen, device=device)
+        nfes.append(out.nfe)
+        yield to_data_space(model.sde, out.samples)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightning_score.checkpoint import load_score_model
+    from lightning_score.commands.sample import save_grid
+    from lightning_score.data import data_shape
+    from lightning_score.metrics import (
+        ImageMetrics,
+        ReferenceStats,
+        cached_reference_stats,
+        load_inception,
+    )
+    from lightning_score.sampling import check_sampling
+
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    device = resolve_device(args.device)
+    info: dict[str, Any] = {"source": str(args.source)}
+    nfes: list[float] = []
+    # Everything that can fail cheaply (paths, EMA, sampler flags) fails before any network runs.
+    if args.source.suffix == ".npz":
+        if args.stats is None and args.data_config is None:
+            raise ValueError("an .npz source needs --stats FILE.npz or --data-config CONFIG")
+        exp = load_config(args.data_config) if args.data_config else None
+        chunks: Iterator[Tensor] = iter(_npz_images(args.source, args.num).split(args.batch_size))
+    else:
+        model, exp = load_score_model(args.source, ema=args.ema, map_location=device)
+        shape = data_shape(exp.data)
+        if len(shape) != 3:
+            raise ValueError(
+                f"FID / IS / KID need images; '{exp.data.name}' holds points "
+                "(use `lscore likelihood` or `lscore ablate --metric swd` for 2-D data)"
+            )
+        cfg = sampling_from_args(exp.sampling, args)
+        check_sampling(model.sde, cfg)
+        info.update(ema=args.ema, seed=args.seed, sampling=dataclasses.asdict(cfg))
+        chunks = _generated_batches(model, cfg, shape, args, device, nfes)
+
+    extractor = load_inception(args.extractor, need_logits="is" in names).to(device)
+    metrics = ImageMetrics(names, extractor, kid_subset_size=args.kid_subset_size).to(device)
+    if args.stats is not None:
+        stats = ReferenceStats.load(args.stats, expected_dim=extractor.num_features)
+        info["reference"] = str(args.stats)
+    else:
+        batches = split_batches(exp, "train", args.batch_size)
+        stats, path, _ = cached_reference_stats(
+            batches, extractor, args.kid_features, device, args.cache_dir
+        )
+        info["reference"] = str(path)
+    metrics.set_reference(stats)
+
+    first: Tensor | None = None
+    for chunk in chunks:
+        first = chunk[:64] if first is None else first
+        for part in chunk.split(args.batch_size):
+            metrics.update(part.to(device))
+    values = metrics.compute()
+    info.update(
+        metrics=values, extractor=f"{extractor.name} ({getattr(extractor, 'source', 'custom')})"
+    )
+    if nfes:
+        info["nfe"] = sum(nfes) / len(nfes)
+
+    out = args.out or (args.source.parent / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.source.stem}_{next(iter(values))}"  # e.g. last_fid_50k
+    (out / f"{stem}.json").write_text(json.dumps(info, indent=2))
+    if first is not None:
+        grid = first.float() / 255 if first.dtype == torch.uint8 else first
+        save_grid(grid.cpu(), out / f"{stem}.png", stem)
+    for name, value in values.items():
+        print(f"{name} = {value:.4f}")
+    print(f"-> {out / stem}.json")
+    return 0

