@@ -19,8 +19,10 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) train.py
 
+# One process per core, one thread each (tiny CPU models gain nothing from intra-op threads, and
+# the DDP tests start processes of their own); a test file stays in one process (shared fixtures).
 test: install
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check lightning_score tests train.py bench
