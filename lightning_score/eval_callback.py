@@ -87,13 +87,13 @@ class EvaluationCallback(L.Callback):
             from lightning_score.metrics import load_inception
 
             self.extractor = load_inception(need_logits="is" in self.metric_names)
-        self.extractor.to(pl_module.device)  # type: ignore[attr-defined]
         stats = self.reference
         if not isinstance(stats, ReferenceStats):
             stats = ReferenceStats.load(stats, expected_dim=self.extractor.num_features)
+        # Moved to the module's device at each evaluation: in setup() it may still be on the CPU.
         self.metrics = ImageMetrics(
             self.metric_names, self.extractor, kid_subset_size=self.kid_subset_size
-        ).to(pl_module.device)
+        )
         self.metrics.set_reference(stats, rank=trainer.global_rank)
 
     def share(self, rank: int, world_size: int) -> int:
@@ -129,6 +129,7 @@ class EvaluationCallback(L.Callback):
         num = self.share(rank, world)
         kept: list[Tensor] = []
         nfes = []
+        self.metrics.to(pl_module.device)
         self.metrics.reset()
         for b, first in enumerate(range(0, num, self.batch_size)):
             n = min(self.batch_size, num - first)

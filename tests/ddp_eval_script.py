@@ -2,13 +2,15 @@
 
 ``python tests/ddp_eval_script.py OUT_DIR STATS.npz``: trains the quickstart model (tiny UNet)
 for 2 steps with ``strategy="ddp"`` on 2 CPU processes; at step 2 the callback samples
-NUM_SAMPLES images split over the ranks, saves each rank's samples and logs the synced metrics.
+NUM_SAMPLES images split over the ranks, saves each rank's samples and logs the synced metrics;
+``ema_check.json`` records whether it sampled with the EMA weights.
 The feature network is a tiny fixed random projection instead of Inception (Inception costs ~0.2 s
 per image here and its 2048-d FID several seconds per evaluation); the sync logic is identical.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -17,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector
 
 from lightning_score.config import ExperimentConfig
+from lightning_score.eval_callback import EvaluationCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 11  # odd: rank 0 draws 6, rank 1 draws 5
@@ -44,6 +48,18 @@ class TinyExtractor(nn.Module):
         return {"pool": torch.tanh(F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj)}
 
 
+class ProbedEvaluation(EvaluationCallback):
+    """Records the weights it samples with, and the raw weights EMA swapped out meanwhile."""
+
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[dict[str, float], float]:
+        ema = next(cb for cb in trainer.callbacks if isinstance(cb, EMAWeightAveraging))
+        self.used = parameters_to_vector(pl_module.score_model.parameters()).clone()
+        self.swapped_out = parameters_to_vector(ema._average_model.module.score_model.parameters())
+        return super().evaluate(trainer, pl_module)
+
+
 def quickstart_config(out_dir: Path) -> ExperimentConfig:
     from lightning_score.config import load_config
 
@@ -60,13 +76,12 @@ def quickstart_config(out_dir: Path) -> ExperimentConfig:
 
 def main(out_dir: Path, stats: Path) -> None:
     from lightning_score.data import build_datamodule
-    from lightning_score.eval_callback import EvaluationCallback
     from lightning_score.module import ScoreModule
 
     torch.set_num_threads(1)
     cfg = quickstart_config(out_dir)
     L.seed_everything(0, verbose=False)
-    evaluation = EvaluationCallback(
+    evaluation = ProbedEvaluation(
         every_n_steps=2,
         num_samples=NUM_SAMPLES,
         reference=stats,
@@ -92,7 +107,16 @@ def main(out_dir: Path, stats: Path) -> None:
         enable_model_summary=False,
         callbacks=[evaluation, EMAWeightAveraging(decay=cfg.ema.decay)],
     )
-    trainer.fit(ScoreModule(cfg), datamodule=build_datamodule(cfg.data, seed=cfg.seed))
+    module = ScoreModule(cfg)
+    trainer.fit(module, datamodule=build_datamodule(cfg.data, seed=cfg.seed))
+    # Evaluation ran at the last step; at train end EMA copies its average into the module.
+    final_ema = parameters_to_vector(module.score_model.parameters())
+    if trainer.is_global_zero:
+        check = {
+            "sampled_with_ema": bool(torch.equal(evaluation.used, final_ema)),
+            "ema_differs_from_raw": not torch.equal(evaluation.used, evaluation.swapped_out),
+        }
+        (out_dir / "ema_check.json").write_text(json.dumps(check))
 
 
 if __name__ == "__main__":

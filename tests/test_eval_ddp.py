@@ -74,3 +74,24 @@ def test_synced_metrics_equal_single_process_on_the_union(ddp_run: tuple[Path, P
     for name, value in want.items():
         assert logged["metrics"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
     assert (out / "eval_step0000002.png").is_file()
+
+
+def test_evaluation_samples_with_ema_weights(ddp_run: tuple[Path, Path]) -> None:
+    check = json.loads((ddp_run[0] / "ema_check.json").read_text())
+    assert check == {"sampled_with_ema": True, "ema_differs_from_raw": True}
+
+
+def test_callback_must_precede_ema(tmp_path) -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from lightning_score.eval_callback import EvaluationCallback
+    from lightning_score.module import ScoreModule
+
+    cfg = quickstart_config(tmp_path)
+    evaluation = EvaluationCallback(2, 8, tmp_path / "ref.npz", cfg.sampling, tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, callbacks=[EMAWeightAveraging(), evaluation]
+    )
+    with pytest.raises(ValueError, match="must come before EMAWeightAveraging"):
+        evaluation.setup(trainer, ScoreModule(cfg), "fit")

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         atol=args.atol,
     )
     dim = math.prod(dm.data_shape)
+    estimator_se = result.estimator_stderr  # NaN for a single repeat
     report = {
         "checkpoint": str(args.checkpoint),
         "ema": args.ema,
@@ -79,13 +80,14 @@ def run(args: argparse.Namespace) -> int:
         "trace": args.trace,
         "bpd": result.mean,
         "bpd_stderr": result.stderr,
-        "bpd_estimator_stderr": result.estimator_stderr,
+        "bpd_estimator_stderr": None if math.isnan(estimator_se) else estimator_se,
         "nfe": result.nfe,
     }
+    spread = "n/a with 1 repeat" if math.isnan(estimator_se) else f"± {estimator_se:.4f}"
     line = (
         f"{exp.data.name} {args.split}: {result.mean:.4f} ± {result.stderr:.4f} bits/dim "
-        f"(estimator ± {result.estimator_stderr:.4f}; {report['points']} points x "
-        f"{args.repeats} repeats, {args.trace} trace, {result.nfe:.0f} NFE per solve)"
+        f"(estimator {spread}; {report['points']} points x {args.repeats} repeats, "
+        f"{args.trace} trace, {result.nfe:.0f} NFE per solve)"
     )
     if not dm.is_image:
         report["nll_nats"] = result.mean * dim * math.log(2)
