@@ -95,6 +95,18 @@ class SamplingConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """FID / KID during training (EvaluationCallback); every_n_steps = 0 turns it off."""
+
+    every_n_steps: int = 0
+    num_samples: int = 1000  # the metric names carry it: fid_1k
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid"])  # fid | kid | is
+    batch_size: int = 250
+    stats: str | None = None  # an `lscore stats` file; None: computed from the training set, cached
+    reference_num: int = 0  # images of the training set in the computed statistics; 0: all
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 2000
     accelerator: str = "auto"
@@ -148,6 +160,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     sample_grid: SampleGridConfig = field(default_factory=SampleGridConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -316,6 +329,16 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(sp.steps > 0, f"sampling.steps must be positive, got {sp.steps}")
     _check(sp.snr > 0, f"sampling.snr must be > 0, got {sp.snr}")
     _check(sp.eps is None or 0 < sp.eps < 1, f"sampling.eps must lie in (0, 1), got {sp.eps}")
+
+    ev = cfg.evaluation
+    _check(ev.every_n_steps >= 0, "evaluation.every_n_steps must be >= 0 (0 turns evaluation off)")
+    _check(ev.num_samples >= 2, f"evaluation.num_samples must be >= 2, got {ev.num_samples}")
+    _check(ev.batch_size > 0, f"evaluation.batch_size must be positive, got {ev.batch_size}")
+    _check(
+        ev.reference_num >= 0, "evaluation.reference_num must be >= 0 (0: the whole training set)"
+    )
+    for metric in ev.metrics:
+        _check_choice(metric, {"fid", "kid", "is"}, "evaluation.metrics entry")
 
     t = cfg.trainer
     _check(t.max_steps > 0, f"trainer.max_steps must be positive, got {t.max_steps}")

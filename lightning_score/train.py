@@ -15,10 +15,11 @@ loads, so rerunning a preempted command continues it.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EMAWeightAveraging,
@@ -27,6 +28,8 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
+from torch.nn import Module
 
 from lightning_score.callbacks import SampleGridCallback
 from lightning_score.callbacks_logging import logging_callbacks
@@ -40,6 +43,7 @@ from lightning_score.checkpoint import (
 from lightning_score.config import ConfigError, ExperimentConfig, save_config
 from lightning_score.data import build_datamodule
 from lightning_score.loggers import build_logger
+from lightning_score.metrics import ReferenceStats
 from lightning_score.module import ScoreModule
 from lightning_score.reliability import (
     PREEMPTED_EXIT_CODE,
@@ -47,6 +51,53 @@ from lightning_score.reliability import (
     NonFiniteGuard,
     RunCheckpoint,
 )
+
+
+def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | ReferenceStats:
+    """``evaluation.stats`` if given, else Inception statistics of the training set (cached by
+    content, so a rerun or a second rank reads them from the cache)."""
+    ev = cfg.evaluation
+    if ev.stats:
+        return ev.stats
+    from lightning_score.commands.stats import split_batches
+    from lightning_score.metrics import cached_reference_stats
+
+    all_batches = split_batches(cfg, "train", ev.batch_size)
+
+    def batches() -> Iterator[Tensor]:
+        left = ev.reference_num or float("inf")
+        for batch in all_batches():
+            if left <= 0:
+                return
+            yield batch[: int(min(left, len(batch)))]
+            left -= len(batch)
+
+    with torch.no_grad():
+        stats, _, _ = cached_reference_stats(batches, extractor, kid_features=10_000, device="cpu")
+    return stats
+
+
+def evaluation_callbacks(cfg: ExperimentConfig) -> list[Callback]:
+    if cfg.evaluation.every_n_steps <= 0:
+        return []
+    from lightning_score.eval_callback import EvaluationCallback
+    from lightning_score.metrics import load_inception
+
+    ev = cfg.evaluation
+    extractor = load_inception(need_logits="is" in ev.metrics)
+    return [
+        EvaluationCallback(
+            every_n_steps=ev.every_n_steps,
+            num_samples=ev.num_samples,
+            reference=reference_statistics(cfg, extractor),
+            sampling=cfg.sampling,
+            out_dir=cfg.run_dir / "eval",
+            metrics=ev.metrics,
+            batch_size=ev.batch_size,
+            seed=cfg.seed,
+            extractor=extractor,
+        )
+    ]
 
 
 def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
@@ -71,6 +122,8 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
             every_n_steps=cfg.sample_grid.every_n_steps,
             seed=cfg.seed,
         ),
+        # before EMA: EMA swaps the averaged weights back out at validation end
+        *evaluation_callbacks(cfg),
     ]
     if cfg.ema.enabled:
         callbacks.append(EMAWeightAveraging(decay=cfg.ema.decay))

@@ -103,3 +103,29 @@ def test_tiny_paper_networks_train_in_the_quickstart_path(tmp_path, overrides):
     x = torch.rand(2, 1, 8, 8)
     assert torch.isfinite(model(x, torch.full((2,), 0.5))).all()
     assert (run_dir / "samples" / "samples_step0000004.png").is_file()
+
+
+def test_evaluation_during_training_logs_fid_with_the_sample_count(tmp_path, monkeypatch):
+    """The config's evaluation section wires FID/KID (offline Inception weights) into training."""
+    monkeypatch.setenv("LSCORE_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = load_config(
+        ROOT / "configs" / "quickstart.yaml",
+        [
+            f"out_dir={tmp_path}",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=1",
+            "sample_grid.num=4",
+            "sampling.steps=3",
+            "evaluation.every_n_steps=2",
+            "evaluation.num_samples=6",
+            "evaluation.reference_num=10",
+            "evaluation.batch_size=6",
+        ],
+    )
+    run_dir = train(cfg)
+    with open(run_dir / "logs" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    fid = [float(r["fid_6"]) for r in rows if r.get("fid_6")]
+    assert len(fid) == 1 and fid[0] > 0
+    assert any(r.get("kid_6") for r in rows)
