@@ -208,14 +208,28 @@ def load_config(
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         except Exception as err:  # OmegaConf raises several unrelated types
             raise _friendly(err, schema, str(path)) from None
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"overrides must look like key=value, got {bad}")
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        except Exception as err:
-            raise _friendly(err, schema, "command line") from None
+    return _finish(_merge_overrides(merged, overrides, schema))
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """``cfg`` (e.g. a checkpoint's) with ``key=value`` overrides applied, validated."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    return _finish(_merge_overrides(OmegaConf.structured(cfg), overrides, schema))
+
+
+def _merge_overrides(merged: Any, overrides: list[str] | None, schema: DictConfig) -> Any:
+    if not overrides:
+        return merged
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    try:
+        return OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as err:  # OmegaConf raises several unrelated types
+        raise _friendly(err, schema, "command line") from None
+
+
+def _finish(merged: Any) -> ExperimentConfig:
     cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
     return cfg

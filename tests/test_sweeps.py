@@ -113,18 +113,26 @@ def train_point_problem(argv: list[str]) -> str | None:
 
 
 def evaluate_point_problem(command: list[str], args: list[str]) -> str | None:
-    """Sampler overrides must load over the config that trained the checkpoint and suit its SDE."""
+    """The agent's argument list parses with `lscore evaluate`'s own parser, its sampler
+    overrides load over the config that trained the checkpoint, and they suit its SDE."""
+    import argparse
+
+    from lightning_score.commands import evaluate
     from lightning_score.module import build_sde
     from lightning_score.sampling import check_sampling
 
-    ckpt = Path(command[command.index("evaluate") + 1])
+    ckpt = Path(next(c for c in command if c.endswith(".ckpt")))
     config = ROOT / "configs" / f"{ckpt.parts[1]}.yaml" if ckpt.parts[0] == "runs" else None
     if config is None or not config.is_file():
         return f"checkpoint {ckpt} is not runs/<name>/... of a configs/<name>.yaml"
+    argv = expand(command, args, None)
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    evaluate.add_arguments(parser)
     try:
-        cfg = load_config(config, args)
+        parsed = parser.parse_args(argv[argv.index("evaluate") + 1 :])
+        cfg = evaluate.sampling_overrides(load_config(config), parsed.overrides)
         check_sampling(build_sde(cfg), cfg.sampling)
-    except ValueError as err:
+    except (ValueError, argparse.ArgumentError) as err:
         return f"cannot sample from {ckpt}: {err}"
     return None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,13 @@ from lightning_score.commands.sample import (
     to_data_space,
 )
 from lightning_score.commands.stats import add_extractor_arguments, split_batches
-from lightning_score.config import SamplingConfig, load_config
+from lightning_score.config import (
+    ConfigError,
+    ExperimentConfig,
+    SamplingConfig,
+    load_config,
+    with_overrides,
+)
 from lightning_score.nets import ScoreModel
 
 DEFAULT_NUM = 50_000
@@ -58,6 +65,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_extractor_arguments(parser)
     add_sampling_arguments(parser)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="sampling overrides as OmegaConf dotlists (what W&B sweep agents pass), "
+        "e.g. sampling.steps=100 'sampling={corrector: langevin, snr: 0.16}'",
+    )
+
+
+def sampling_overrides(exp: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """The checkpoint's config with ``sampling.*`` overrides applied (other keys are refused:
+    evaluation cannot change how the model was trained)."""
+    foreign = [o for o in overrides if not o.startswith("sampling")]
+    if foreign:
+        raise ConfigError(f"lscore evaluate takes only sampling.* overrides, got {foreign}")
+    return with_overrides(exp, overrides)
 
 
 def _npz_images(path: Path, num: int | None) -> Tensor:
@@ -131,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 f"FID / IS / KID need images; '{exp.data.name}' holds points "
                 "(use `lscore likelihood` or `lscore ablate --metric swd` for 2-D data)"
             )
-        cfg = sampling_from_args(exp.sampling, args)
+        cfg = sampling_from_args(sampling_overrides(exp, args.overrides).sampling, args)
         check_sampling(model.sde, cfg)
         info.update(ema=args.ema, seed=args.seed, sampling=dataclasses.asdict(cfg))
         chunks = _generated_batches(model, cfg, shape, args, device, nfes)
@@ -164,11 +186,21 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (args.source.parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.source.stem}_{next(iter(values))}"  # e.g. last_fid_50k
+    if "sampling" in info:  # one file per sampler setting: sweep agents share the directory
+        digest = hashlib.sha1(json.dumps(info["sampling"], sort_keys=True).encode()).hexdigest()
+        stem = f"{stem}_{digest[:8]}"
     (out / f"{stem}.json").write_text(json.dumps(info, indent=2))
+    grid_path = out / f"{stem}.png"
     if first is not None:
         grid = first.float() / 255 if first.dtype == torch.uint8 else first
-        save_grid(grid.cpu(), out / f"{stem}.png", stem)
+        save_grid(grid.cpu(), grid_path, stem)
     for name, value in values.items():
         print(f"{name} = {value:.4f}")
     print(f"-> {out / stem}.json")
+    if exp is not None and "sampling" in info:
+        from lightning_score.loggers import report_to_wandb  # no-op unless W&B is in use
+
+        summary = {**values, "nfe": info["nfe"]}
+        images = {"samples": grid_path} if grid_path.is_file() else None
+        report_to_wandb(exp, out, "evaluate", {"sampling": info["sampling"]}, summary, images)
     return 0
