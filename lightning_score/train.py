@@ -78,7 +78,8 @@ def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | Refe
 
 
 def evaluation_callbacks(cfg: ExperimentConfig) -> list[Callback]:
-    if cfg.evaluation.every_n_steps <= 0:
+    """FID / KID during training, unless off or never due (no Inception or statistics work)."""
+    if not 0 < cfg.evaluation.every_n_steps <= cfg.trainer.max_steps:
         return []
     from lightning_score.eval_callback import EvaluationCallback
     from lightning_score.metrics import load_inception

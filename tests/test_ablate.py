@@ -8,24 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoint import tiny_quickstart_checkpoint
 from torch import nn
 
 from lightning_score.cli import main
 from lightning_score.commands.ablate import sliced_wasserstein
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_quickstart_checkpoint(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ablate(checkpoint: Path, out: Path, samplers: str, *extra: str) -> int:

@@ -7,23 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from tiny_checkpoint import tiny_quickstart_checkpoint
 
 from lightning_score.cli import main
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_quickstart_checkpoint(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_sample(checkpoint: Path, out: Path, *extra: str) -> int:
