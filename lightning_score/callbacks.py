@@ -40,7 +40,9 @@ class SampleGridCallback(L.Callback):
     end of training, sample ``num`` examples on rank zero and save a PNG grid (or a scatter plot
     for 2-D data) under ``out_dir``; image loggers receive the grid too."""
 
-    def __init__(self, out_dir: Path, sampling: SamplingConfig, num: int, every_n_steps: int, seed: int = 0):
+    def __init__(
+        self, out_dir: Path, sampling: SamplingConfig, num: int, every_n_steps: int, seed: int = 0
+    ):
         super().__init__()
         self.out_dir = Path(out_dir)
         self.sampling = sampling
@@ -68,7 +70,12 @@ class SampleGridCallback(L.Callback):
         shape = (self.num, *pl_module.data_shape)
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         result = sample(
-            pl_module.score_model, pl_module.sde, shape, self.sampling, generator=gen, device=pl_module.device
+            pl_module.score_model,
+            pl_module.sde,
+            shape,
+            self.sampling,
+            generator=gen,
+            device=pl_module.device,
         )
         pl_module.train(was_training)
         self.out_dir.mkdir(parents=True, exist_ok=True)

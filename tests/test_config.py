@@ -90,7 +90,7 @@ def test_bad_config_gives_clear_error(overrides, message):
 
 
 def test_missing_config_file():
-    with pytest.raises(ConfigError, match="config file .* not found"):
+    with pytest.raises(ConfigError, match=r"config file .* not found"):
         load_config("nope.yaml")
 
 

@@ -25,7 +25,7 @@ def first_batch(cfg: DataConfig, train: bool = True):
 
 def check_images(x: torch.Tensor, shape: tuple[int, ...]) -> None:
     assert x.shape[1:] == shape and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.5
 
 
 def test_digits_are_real_and_split():
@@ -84,14 +84,14 @@ def test_cifar10_reads_python_batches(tmp_path, monkeypatch):
     cfg = DataConfig(
         name="cifar10", root=str(tmp_path), image_size=32, batch_size=5, random_flip=True
     )
-    dm, (x, y) = first_batch(cfg)
+    dm, (x, _y) = first_batch(cfg)
     check_images(x, (3, 32, 32))
     assert len(dm.train_set) == 15 and len(dm.val_set) == 3
 
 
 def test_cifar10_missing_says_how_to_get_it(tmp_path):
     dm = build_datamodule(DataConfig(name="cifar10", root=str(tmp_path)))
-    with pytest.raises(DataNotFoundError, match="data.download=true"):
+    with pytest.raises(DataNotFoundError, match=r"data\.download=true"):
         dm.setup("fit")
 
 
@@ -141,14 +141,14 @@ def test_image_folder_and_missing_folder(tmp_path):
     dm, (x, _) = first_batch(cfg)
     check_images(x, (3, 16, 16))
     assert len(dm.train_set) == 4 and len(dm.val_set) == 2
-    with pytest.raises(DataNotFoundError, match="set data.root"):
+    with pytest.raises(DataNotFoundError, match=r"set data\.root"):
         build_datamodule(DataConfig(name="folder", root=str(tmp_path / "none"))).setup()
 
 
 @pytest.mark.parametrize("toy", sorted(TOY_SETS))
 def test_toy_sets(toy):
     cfg = DataConfig(name="toy2d", toy=toy, num_points=1000, batch_size=100)
-    dm, (x, _) = first_batch(cfg)
+    _dm, (x, _) = first_batch(cfg)
     assert x.shape == (100, 2) and data_shape(cfg) == (2,)
     assert torch.isfinite(x).all() and x.abs().max() < 6
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_score.losses import dsm_loss, importance_times, uniform_times
-from lightning_score.sde import SDES, SDE, batch_broadcast
+from lightning_score.sde import SDE, SDES, batch_broadcast
 
 M, S = 0.5, 0.3  # data ~ N(M, S^2 I)
 
@@ -24,7 +24,9 @@ def gaussian_score(sde: SDE):
 
 
 def _data(n: int, d: int, seed: int) -> torch.Tensor:
-    return M + S * torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return M + S * torch.randn(
+        n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SDES))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightning_score.sde import SDES, SubVPSDE, VESDE, VPSDE
+from lightning_score.sde import SDES, VESDE, VPSDE, SubVPSDE
 
 TIMES = torch.tensor([1e-5, 0.1, 0.37, 0.5, 0.9, 1.0], dtype=torch.float64)
 B0, B1 = 0.1, 20.0

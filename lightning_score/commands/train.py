@@ -12,9 +12,13 @@ DEFAULT_CONFIG = "configs/quickstart.yaml"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
     parser.add_argument(
-        "--dry-run", action="store_true", help="resolve and validate the config, print it, do not train"
+        "--dry-run",
+        action="store_true",
+        help="resolve and validate the config, print it, do not train",
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides as key=value (OmegaConf dotlist)")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides as key=value (OmegaConf dotlist)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
