@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lightning_score.config import ExperimentConfig, from_dict, to_dict
+from lightning_score.config import ExperimentConfig, flatten, from_dict, to_dict
 from lightning_score.nets import ScoreModel
 
 MODEL_PREFIX = "score_model."
@@ -103,19 +103,9 @@ TRAJECTORY_KEYS = (
 RELOCATABLE_KEYS = ("data.root", "data.num_workers", "data.download")
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_changes(saved: ExperimentConfig, current: ExperimentConfig) -> list[str]:
     """``key: saved -> current`` for every trajectory-defining entry that differs."""
-    old, new = _flat(to_dict(saved)), _flat(to_dict(current))
+    old, new = flatten(to_dict(saved)), flatten(to_dict(current))
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"

@@ -9,6 +9,7 @@ wrong types fail at load with one line that names the key and the fix; range che
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,17 @@ def _finish(merged: Any) -> ExperimentConfig:
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """Plain nested dict (for checkpoints, loggers and run directories)."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b": leaf}``; lists stay values (they are values in our schema)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:

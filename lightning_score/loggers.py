@@ -25,18 +25,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_score.config import ExperimentConfig, to_dict
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"a.b": leaf}``; lists stay values (they are values in our schema)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+from lightning_score.config import ExperimentConfig, flatten, to_dict
 
 
 def _set_run_config(run: Any, config: Mapping[str, Any]) -> None:
