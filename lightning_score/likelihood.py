@@ -136,13 +136,9 @@ def bits_per_dim(
     **ode_kwargs: float | str,
 ) -> tuple[Tensor, int]:
     """Bits/dim of 8-bit images x01 in [0, 1] (uniformly dequantized), and the solve's NFE."""
-    y = dequantize(x01, generator)
-    result = log_likelihood(
-        score_fn, sde, sde.scale_data(y), trace, generator=generator, **ode_kwargs
-    )
-    dim = x01[0].numel()
-    offset = 8.0 - scaling_log2_jacobian(sde)
-    return -result.logp / (dim * math.log(2)) + offset, result.nfe
+    y = sde.scale_data(dequantize(x01, generator))
+    bpd, nfe = continuous_bits_per_dim(score_fn, sde, y, trace, generator, **ode_kwargs)
+    return bpd + 8.0 - scaling_log2_jacobian(sde), nfe
 
 
 def continuous_bits_per_dim(
