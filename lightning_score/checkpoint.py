@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from lightning_score.config import ExperimentConfig, flatten, from_dict, to_dict
+from lightning_score.config import ExperimentConfig, flatten, to_dict
+from lightning_score.experiment import build_score_model, from_dict
 from lightning_score.nets import ScoreModel
 
 MODEL_PREFIX = "score_model."
@@ -79,8 +80,6 @@ def load_score_model(
     path: str | Path, ema: bool = True, map_location: str | torch.device = "cpu"
 ) -> tuple[ScoreModel, ExperimentConfig]:
     """Rebuild the score model of a training checkpoint, ready for samplers and metrics."""
-    from lightning_score.module import build_score_model
-
     ckpt = load_checkpoint(path, map_location)
     cfg = checkpoint_config(ckpt)
     model = build_score_model(cfg)

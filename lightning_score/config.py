@@ -1,9 +1,13 @@
-"""Experiment configuration: a typed OmegaConf schema, YAML files, dotlist overrides, validation.
+"""Experiment configuration: a typed OmegaConf schema, YAML files and dotlist overrides.
 
-``load_config(path, overrides)`` merges, in order: the schema defaults, the YAML file, and
-``key=value`` overrides (the form W&B agents pass with ``${args_no_hyphens}``). Unknown keys and
-wrong types fail at load with one line that names the key and the fix; range checks follow in
-:func:`validate`, before any data is read.
+:func:`read_config` merges, in order: the schema defaults, the YAML file (after the files its
+``base:`` entry names, recursively), and ``key=value`` overrides (the form W&B agents pass with
+``${args_no_hyphens}``). Unknown keys and wrong types fail here with one line that names the key
+and the fix. This module imports nothing else of the package: each part checks its own section
+(``sde.validate_sde_config``, ``losses.validate_loss_config`` ...), and
+``lightning_score.experiment`` runs those checks at load, before any data is read. The sections
+that belong to the run as a whole (trainer, checkpoints, grids, evaluation, logger) are checked
+here by :func:`check_run_sections`.
 """
 
 from __future__ import annotations
@@ -24,26 +28,33 @@ class ConfigError(ValueError):
 
 @dataclass
 class SDEConfig:
-    name: str = "vesde"  # vesde | vpsde | subvpsde
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
-    beta_min: float = 0.1
+    name: str = "vesde"  # vesde | vpsde | subvpsde | edm
+    # VE and EDM noise range; None: the SDE's default (VE 0.01 / 50, EDM 0.002 / 80)
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    beta_min: float = 0.1  # VP and sub-VP
     beta_max: float = 20.0
-    N: int = 1000
+    N: int = 1000  # discretization steps (VP's network timestep is (N - 1) t)
 
 
 @dataclass
 class ModelConfig:
     name: str = "unet"  # a key of lightning_score.nets.NETWORKS
+    # ve | vp | edm | auto (the SDE's own: vesde -> ve, vpsde/subvpsde -> vp, edm -> edm)
+    parameterization: str = "auto"
+    sigma_data: float = 0.5  # data std for EDM's preconditioning and loss weighting
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LossConfig:
-    weighting: str = "sigma2"  # sigma2 | likelihood | none
-    time_sampler: str = "uniform"  # uniform | importance
-    reduce: str = "mean"  # mean | sum over data dimensions
-    eps: float = 1e-5  # smallest training time
+    weighting: str = "sigma2"  # sigma2 | likelihood | none | edm
+    time_sampler: str = "uniform"  # uniform | importance | lognormal
+    # over data dimensions: mean | sum | half_sum (0.5 x sum, the official reduce_mean=False)
+    reduce: str = "mean"
+    eps: float = 1e-5  # smallest training time (uniform and importance samplers)
+    p_mean: float = -1.2  # lognormal sampler: ln sigma ~ N(p_mean, p_std^2) (EDM)
+    p_std: float = 1.2
     t_bins: int = 10  # bins of t for the per-time loss log
 
 
@@ -88,11 +99,17 @@ class SamplingConfig:
     steps: int = 1000
     eps: float | None = None  # None: the SDE's default end time
     denoise: bool = True
-    schedule: str = "uniform"  # fixed-step ODE time grid: uniform | log_sigma | edm
+    # fixed-step time grid: uniform | log_sigma | edm | auto (the SDE's default, see sampling)
+    schedule: str = "auto"
     rho: float = 7.0
     rtol: float = 1e-5
     atol: float = 1e-5
     method: str = "dopri5"
+    # EDM's stochastic sampler (sampler=edm, Karras et al. 2022 Alg. 2): churn and its noise range
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
 
 
 @dataclass
@@ -193,29 +210,46 @@ def _friendly(err: Exception, schema: DictConfig, source: str) -> ConfigError:
     return ConfigError(f"{source}: {str(err).splitlines()[0]}")
 
 
-def load_config(
+def _load_yaml(path: Path, under: DictConfig, seen: tuple[Path, ...] = ()) -> Any:
+    """The YAML at ``path`` merged over ``under`` and the files its ``base:`` entry names
+    (relative to it, in order)."""
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} not found: pass an existing YAML, e.g. configs/quickstart.yaml"
+        )
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise ConfigError(f"config files name each other as base: {chain}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # OmegaConf raises several unrelated types
+        raise _friendly(err, under, str(path)) from None
+    bases = node.pop("base", None) if isinstance(node, DictConfig) else None
+    merged: Any = under
+    for base in [bases] if isinstance(bases, str) else list(bases or []):
+        merged = _load_yaml(path.parent / str(base), merged, (*seen, path.resolve()))
+    try:
+        return OmegaConf.merge(merged, node)
+    except Exception as err:
+        raise _friendly(err, under, str(path)) from None
+
+
+def read_config(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> ExperimentConfig:
-    """Schema defaults <- YAML at ``path`` <- ``key=value`` overrides; validated."""
+    """Schema defaults <- YAML at ``path`` (and its bases) <- ``key=value`` overrides.
+
+    Types and key names are checked here; value checks are ``lightning_score.experiment``'s.
+    """
     schema = OmegaConf.structured(ExperimentConfig)
-    merged = schema
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {path} not found: pass an existing YAML, e.g. configs/quickstart.yaml"
-            )
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        except Exception as err:  # OmegaConf raises several unrelated types
-            raise _friendly(err, schema, str(path)) from None
-    return _finish(_merge_overrides(merged, overrides, schema))
+    merged = schema if path is None else _load_yaml(Path(path), schema)
+    return _to_config(_merge_overrides(merged, overrides, schema))
 
 
-def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
-    """``cfg`` (e.g. a checkpoint's) with ``key=value`` overrides applied, validated."""
+def overlay(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """``cfg`` (e.g. a checkpoint's) with ``key=value`` overrides applied."""
     schema = OmegaConf.structured(ExperimentConfig)
-    return _finish(_merge_overrides(OmegaConf.structured(cfg), overrides, schema))
+    return _to_config(_merge_overrides(OmegaConf.structured(cfg), overrides, schema))
 
 
 def _merge_overrides(merged: Any, overrides: list[str] | None, schema: DictConfig) -> Any:
@@ -230,10 +264,8 @@ def _merge_overrides(merged: Any, overrides: list[str] | None, schema: DictConfi
         raise _friendly(err, schema, "command line") from None
 
 
-def _finish(merged: Any) -> ExperimentConfig:
-    cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(cfg)
-    return cfg
+def _to_config(merged: Any) -> ExperimentConfig:
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -252,12 +284,13 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild a validated config from :func:`to_dict` output (e.g. from a checkpoint)."""
-    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), data)
-    cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(cfg)
-    return cfg
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a config from :func:`to_dict` output (e.g. from a checkpoint); types checked."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    try:
+        return _to_config(OmegaConf.merge(schema, data))
+    except Exception as err:  # OmegaConf raises several unrelated types
+        raise _friendly(err, schema, "saved config") from None
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
@@ -265,12 +298,14 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     OmegaConf.save(OmegaConf.structured(cfg), path)
 
 
-def _check(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise a ConfigError with ``message`` unless ``ok``."""
     if not ok:
         raise ConfigError(message)
 
 
-def _check_choice(value: str, choices: set[str] | dict, key: str) -> None:
+def require_choice(value: str, choices: set[str] | dict, key: str) -> None:
+    """Raise a ConfigError listing ``choices`` (and a close match) unless ``value`` is one."""
     if value not in choices:
         close = difflib.get_close_matches(value, sorted(choices), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -292,96 +327,43 @@ def _device_count(devices: Any) -> int | None:
     return None
 
 
-def validate(cfg: ExperimentConfig) -> None:
-    """Range and name checks that the schema's types cannot express."""
-    from lightning_score.data import DATASETS
-    from lightning_score.losses import TIME_SAMPLERS, WEIGHTINGS
-    from lightning_score.nets import NETWORKS, network_kwargs_error
-    from lightning_score.sampling import CORRECTORS, PREDICTORS, SAMPLERS
-    from lightning_score.sde import SDES
-
-    _check(cfg.resume.strip() != "", "resume must be none, auto or the path of a checkpoint")
-
-    s = cfg.sde
-    _check_choice(s.name, SDES, "sde.name")
-    if s.name == "vesde":
-        _check(s.sigma_min > 0, f"sde.sigma_min must be > 0, got {s.sigma_min}")
-        _check(s.sigma_max > 0, f"sde.sigma_max must be > 0, got {s.sigma_max}")
-        _check(
-            s.sigma_min < s.sigma_max,
-            f"sde.sigma_min ({s.sigma_min}) must be below sde.sigma_max ({s.sigma_max})",
-        )
-    else:
-        _check(s.beta_min >= 0, f"sde.beta_min must be >= 0, got {s.beta_min}")
-        _check(
-            s.beta_min < s.beta_max,
-            f"sde.beta_min ({s.beta_min}) must be below sde.beta_max ({s.beta_max})",
-        )
-    _check(s.N > 0, f"sde.N must be a positive number of steps, got {s.N}")
-
-    _check_choice(cfg.model.name, NETWORKS, "model.name")
-    problem = network_kwargs_error(cfg.model.name, dict(cfg.model.kwargs))
-    _check(problem is None, str(problem))
-
-    loss = cfg.loss
-    _check_choice(loss.weighting, WEIGHTINGS, "loss.weighting")
-    _check_choice(loss.time_sampler, TIME_SAMPLERS, "loss.time_sampler")
-    _check_choice(loss.reduce, {"mean", "sum"}, "loss.reduce")
-    _check(0 < loss.eps < 1, f"loss.eps must lie in (0, 1), got {loss.eps}")
-    _check(
-        loss.time_sampler != "importance" or loss.weighting == "likelihood",
-        "loss.time_sampler=importance is the variance reduction for loss.weighting=likelihood; "
-        "set loss.weighting=likelihood or loss.time_sampler=uniform",
-    )
-    _check(loss.t_bins > 0, f"loss.t_bins must be positive, got {loss.t_bins}")
-
+def check_run_sections(cfg: ExperimentConfig) -> None:
+    """Checks of the sections that belong to the run as a whole (not to one part of it)."""
+    require(cfg.resume.strip() != "", "resume must be none, auto or the path of a checkpoint")
     o = cfg.optim
-    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must lie in [0, 1)")
-    _check(0 < cfg.ema.decay < 1, f"ema.decay must lie in (0, 1), got {cfg.ema.decay}")
-
-    d = cfg.data
-    _check_choice(d.name, DATASETS, "data.name")
-    _check(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
-    _check(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
-    _check(0 <= d.val_fraction < 1, f"data.val_fraction must lie in [0, 1), got {d.val_fraction}")
-    _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
-
-    sp = cfg.sampling
-    _check_choice(sp.sampler, SAMPLERS, "sampling.sampler")
-    _check_choice(sp.predictor, PREDICTORS, "sampling.predictor")
-    _check_choice(sp.corrector, CORRECTORS, "sampling.corrector")
-    _check(sp.steps > 0, f"sampling.steps must be positive, got {sp.steps}")
-    _check(sp.snr > 0, f"sampling.snr must be > 0, got {sp.snr}")
-    _check(sp.eps is None or 0 < sp.eps < 1, f"sampling.eps must lie in (0, 1), got {sp.eps}")
+    require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must lie in [0, 1)")
+    require(0 < cfg.ema.decay < 1, f"ema.decay must lie in (0, 1), got {cfg.ema.decay}")
 
     ev = cfg.evaluation
-    _check(ev.every_n_steps >= 0, "evaluation.every_n_steps must be >= 0 (0 turns evaluation off)")
-    _check(ev.num_samples >= 2, f"evaluation.num_samples must be >= 2, got {ev.num_samples}")
-    _check(ev.batch_size > 0, f"evaluation.batch_size must be positive, got {ev.batch_size}")
-    _check(
+    require(ev.every_n_steps >= 0, "evaluation.every_n_steps must be >= 0 (0 turns evaluation off)")
+    require(ev.num_samples >= 2, f"evaluation.num_samples must be >= 2, got {ev.num_samples}")
+    require(ev.batch_size > 0, f"evaluation.batch_size must be positive, got {ev.batch_size}")
+    require(
         ev.reference_num >= 0, "evaluation.reference_num must be >= 0 (0: the whole training set)"
     )
     for metric in ev.metrics:
-        _check_choice(metric, {"fid", "kid", "is"}, "evaluation.metrics entry")
+        require_choice(metric, {"fid", "kid", "is"}, "evaluation.metrics entry")
 
     t = cfg.trainer
-    _check(t.max_steps > 0, f"trainer.max_steps must be positive, got {t.max_steps}")
-    _check(t.gradient_clip_val >= 0, "trainer.gradient_clip_val must be >= 0 (0 disables clipping)")
-    _check_choice(
+    require(t.max_steps > 0, f"trainer.max_steps must be positive, got {t.max_steps}")
+    require(
+        t.gradient_clip_val >= 0, "trainer.gradient_clip_val must be >= 0 (0 disables clipping)"
+    )
+    require_choice(
         t.precision,
         {"32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"},
         "trainer.precision",
     )
-    _check_choice(t.nonfinite, {"stop", "skip"}, "trainer.nonfinite")
+    require_choice(t.nonfinite, {"stop", "skip"}, "trainer.nonfinite")
     devices = _device_count(t.devices)
     if devices is not None and devices * t.num_nodes > 1:
         world = devices * t.num_nodes
-        _check(
-            d.batch_size % world == 0,
-            f"data.batch_size ({d.batch_size}) is the global batch: it must be divisible by "
-            f"trainer.devices x trainer.num_nodes ({world})",
+        require(
+            cfg.data.batch_size % world == 0,
+            f"data.batch_size ({cfg.data.batch_size}) is the global batch: it must be divisible "
+            f"by trainer.devices x trainer.num_nodes ({world})",
         )
-    _check(cfg.checkpoint.every_n_steps > 0, "checkpoint.every_n_steps must be positive")
-    _check_choice(cfg.logger.name, {"csv", "tensorboard", "wandb"}, "logger.name")
+    require(cfg.checkpoint.every_n_steps > 0, "checkpoint.every_n_steps must be positive")
+    require_choice(cfg.logger.name, {"csv", "tensorboard", "wandb"}, "logger.name")

@@ -11,46 +11,57 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lightning_score.config import ExperimentConfig, from_dict, to_dict
+from lightning_score.config import ExperimentConfig, LossConfig, OptimConfig, to_dict
 from lightning_score.data import data_shape
-from lightning_score.losses import TIME_SAMPLERS, dsm_loss, uniform_times
-from lightning_score.nets import ScoreModel, build_network
-from lightning_score.sde import SDE, SDES
+from lightning_score.experiment import build_score_model
+from lightning_score.losses import TIME_SAMPLERS, dsm_loss
+from lightning_score.nets import ScoreModel
 
 
-def build_sde(cfg: ExperimentConfig) -> SDE:
-    s = cfg.sde
-    if s.name == "vesde":
-        return SDES[s.name](sigma_min=s.sigma_min, sigma_max=s.sigma_max, N=s.N)
-    return SDES[s.name](beta_min=s.beta_min, beta_max=s.beta_max, N=s.N)
-
-
-def build_score_model(cfg: ExperimentConfig) -> ScoreModel:
-    sde = build_sde(cfg)
-    net = build_network(cfg.model.name, data_shape(cfg.data), sde, **cfg.model.kwargs)
-    return ScoreModel(net, sde)
+def bin_label(value: float) -> str:
+    """A bin edge in positional notation with 3 significant digits (0.002, 0.01, 80): metric names
+    like ``val_loss_t/0.002-0.0044`` stay readable and parseable for every SDE's time range."""
+    return np.format_float_positional(value, precision=3, unique=False, fractional=False, trim="-")
 
 
 class ScoreModule(L.LightningModule):
-    """Training and validation of ``ScoreModel`` under the config's SDE, loss and optimizer."""
+    """Training and validation of a ready ``ScoreModel`` with the weighted DSM loss.
 
-    def __init__(self, config: dict[str, Any] | ExperimentConfig) -> None:
+    ``config`` is the resolved experiment config as a plain dict: it rides in every checkpoint
+    (weights_only-loadable), so sampling, evaluation and likelihood need only the path.
+    """
+
+    def __init__(
+        self,
+        model: ScoreModel,
+        loss: LossConfig,
+        optim: OptimConfig,
+        data_shape: tuple[int, ...],
+        config: dict[str, Any],
+    ) -> None:
         super().__init__()
-        cfg = config if isinstance(config, ExperimentConfig) else from_dict(config)
-        # The resolved config rides in every checkpoint as plain data (weights_only-loadable).
-        self.save_hyperparameters({"config": to_dict(cfg)})
-        self.cfg = cfg
-        self.score_model = build_score_model(cfg)
-        self.sde = self.score_model.sde
-        self.data_shape = data_shape(cfg.data)
+        self.save_hyperparameters({"config": config})
+        self.score_model = model
+        self.sde = model.sde
+        self.loss_cfg = loss
+        self.optim_cfg = optim
+        self.data_shape = tuple(data_shape)
         self.is_image = len(self.data_shape) == 3
-        bins = cfg.loss.t_bins
+        bins = loss.t_bins
         self.val_bin_loss = torch.nn.ModuleList(MeanMetric() for _ in range(bins))
-        self.register_buffer("bin_edges", torch.linspace(cfg.loss.eps, self.sde.T, bins + 1))
+        edges = self.sde.time_bins(bins, loss.eps)
+        self.register_buffer("bin_edges", edges.float())
+        self.bin_labels = [bin_label(float(e)) for e in edges]
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> ScoreModule:
+        """The module for a checked config (network, parameterization and SDE built from it)."""
+        return cls(build_score_model(cfg), cfg.loss, cfg.optim, data_shape(cfg.data), to_dict(cfg))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.score_model(x, t)
@@ -61,31 +72,23 @@ class ScoreModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self._prepare(batch)
-        sampler = TIME_SAMPLERS[self.cfg.loss.time_sampler]
-        times = sampler(self.sde, x.shape[0], self.cfg.loss.eps, x.device)
+        lc = self.loss_cfg
+        times = TIME_SAMPLERS[lc.time_sampler](self.sde, x.shape[0], lc, x.device)
         self.last_batch_t = times.t.detach()  # named in the non-finite guard's message
-        losses = dsm_loss(
-            self.score_model, self.sde, x, times, self.cfg.loss.weighting, self.cfg.loss.reduce
-        )
+        losses = dsm_loss(self.score_model, x, times, lc.weighting, lc.reduce)
         loss = losses.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x = self._prepare(batch)
-        # Fixed t and noise per batch: validation losses are comparable across evaluations.
+        # Fixed t and noise per batch, drawn like training's: validation losses estimate the
+        # training objective and are comparable across evaluations.
+        lc = self.loss_cfg
         gen = torch.Generator(device=x.device).manual_seed(10_000 + batch_idx)
-        times = uniform_times(self.sde, x.shape[0], self.cfg.loss.eps, x.device, generator=gen)
+        times = TIME_SAMPLERS[lc.time_sampler](self.sde, x.shape[0], lc, x.device, generator=gen)
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        losses = dsm_loss(
-            self.score_model,
-            self.sde,
-            x,
-            times,
-            self.cfg.loss.weighting,
-            self.cfg.loss.reduce,
-            noise=noise,
-        )
+        losses = dsm_loss(self.score_model, x, times, lc.weighting, lc.reduce, noise=noise)
         self.log("val/loss", losses.mean(), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         idx = torch.bucketize(times.t, self.bin_edges[1:-1])
         for i, metric in enumerate(self.val_bin_loss):
@@ -94,15 +97,15 @@ class ScoreModule(L.LightningModule):
                 metric.update(losses[mask])
 
     def on_validation_epoch_end(self) -> None:
-        edges = self.bin_edges.tolist()
+        labels = self.bin_labels
         for i, metric in enumerate(self.val_bin_loss):
             value = metric.compute()  # collective under DDP: every rank computes every bin
             if torch.isfinite(value):
-                self.log(f"val_loss_t/{edges[i]:.2f}-{edges[i + 1]:.2f}", value)
+                self.log(f"val_loss_t/{labels[i]}-{labels[i + 1]}", value)
             metric.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.cfg.optim
+        o = self.optim_cfg
         optimizer = torch.optim.Adam(
             self.parameters(),
             lr=o.lr,

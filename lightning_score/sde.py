@@ -1,8 +1,13 @@
-"""Forward SDEs of Song et al. (2021), "Score-Based Generative Modeling through SDEs".
+"""Forward SDEs: Song et al. (2021), "Score-Based Generative Modeling through SDEs", and the EDM
+schedule of Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generative
+Models".
 
-Each SDE object is the single source of truth for its noise schedule: the loss, the network
-conditioning (``nets/score.py``), every sampler and the likelihood code ask it, and nothing else
-stores ``sigma_max`` or ``beta_min``. Equation numbers refer to the paper's arXiv v2.
+Each SDE object is the single source of truth for its noise schedule: the parameterization (and
+through it the network conditioning and the loss), every sampler and the likelihood code ask it,
+and nothing else stores ``sigma_max`` or ``beta_min``. Every SDE here is linear with the Gaussian
+kernel x_t = alpha(t) x_0 + std(t) z; ``sigma(t) = std(t) / alpha(t)`` is EDM's noise level (the
+noise-to-signal ratio), which few-step samplers and EDM's preconditioning work in. Equation
+numbers refer to Song et al.'s arXiv v2 unless marked EDM.
 
 Shapes: ``x`` is ``(B, ...)``; ``t`` is ``(B,)``; per-sample scalars come back as ``(B,)`` and
 are broadcast with :func:`batch_broadcast`.
@@ -11,12 +16,15 @@ are broadcast with :func:`batch_broadcast`.
 from __future__ import annotations
 
 import abc
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from lightning_score.config import SDEConfig, require, require_choice
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -39,14 +47,28 @@ class SDE(abc.ABC):
 
     #: data convention: True means the model sees data in [-1, 1], False means [0, 1].
     centered: bool
-    #: smallest time used for training and where samplers stop by default.
+    #: where samplers stop by default (and the smallest time of EDM's training distribution).
     default_eps: float
+    #: the parameterization (``lightning_score.parameterization``) trained with this SDE by default.
+    default_parameterization: str
+    #: the fixed-step time grid few-step samplers use by default (``sampling.schedule=auto``).
+    default_schedule: str = "edm"
+    #: DDPM's ancestral step uses the forward variance beta_i (the paper's VP choice) rather than
+    #: the exact posterior variance.
+    ancestral_uses_forward_variance: bool = False
+    #: whether the kernel x_t = alpha x_0 + std z exists (every SDE here; a user's SDE may lack it).
+    linear: bool = True
 
     def __init__(self, N: int = 1000, T: float = 1.0) -> None:
         if N <= 0:
             raise ValueError(f"sde.N must be a positive number of discretization steps, got {N}")
         self.N = N
         self.T = T
+
+    @classmethod
+    def from_config(cls, cfg: SDEConfig) -> SDE:
+        """The SDE that the ``sde`` config section describes (its class's entries)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
 
     @abc.abstractmethod
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,12 +83,8 @@ class SDE(abc.ABC):
         """Standard deviation of the prior p_T (a zero-mean isotropic Gaussian)."""
 
     @abc.abstractmethod
-    def network_condition(self, t: Tensor) -> Tensor:
-        """The noise-level input the score network is conditioned on at time t."""
-
-    @abc.abstractmethod
-    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """One step of the paper's discrete chain x_{i+1} = x_i + f_i + G_i z (SMLD for VE, DDPM for VP)."""
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of :meth:`sigma`: the time at which std / alpha equals ``sigma``."""
 
     @abc.abstractmethod
     def likelihood_density_antiderivative(self, t: Tensor) -> Tensor:
@@ -77,15 +95,28 @@ class SDE(abc.ABC):
         """Inverse of :meth:`likelihood_density_antiderivative`."""
 
     # -- shared pieces ----------------------------------------------------------------------
+    def alpha(self, t: Tensor) -> Tensor:
+        """Signal scale alpha(t) of the kernel, shape (B,)."""
+        ones = torch.ones(t.shape[0], 1, device=t.device, dtype=t.dtype)
+        return self.marginal_prob(ones, t)[0].reshape(-1)
+
     def std(self, t: Tensor) -> Tensor:
         """Marginal std at time t, shape (B,)."""
         zeros = torch.zeros(t.shape[0], 1, device=t.device, dtype=t.dtype)
         return self.marginal_prob(zeros, t)[1]
 
+    def sigma(self, t: Tensor) -> Tensor:
+        """EDM's noise level std(t) / alpha(t), increasing in t."""
+        return self.std(t) / self.alpha(t)
+
     def diffusion_sq(self, t: Tensor) -> Tensor:
         """g(t)^2, shape (B,)."""
         zeros = torch.zeros(t.shape[0], 1, device=t.device, dtype=t.dtype)
         return self.sde(zeros, t)[1] ** 2
+
+    def time_bins(self, n: int, eps: float) -> Tensor:
+        """``n + 1`` edges over [eps, T] for the per-time loss log: uniform in t by default."""
+        return torch.linspace(eps, self.T, n + 1, dtype=torch.float64)
 
     def prior_sampling(
         self,
@@ -127,10 +158,6 @@ class ReverseSDE:
     probability_flow: bool = False
 
     @property
-    def N(self) -> int:
-        return self.forward_sde.N
-
-    @property
     def T(self) -> float:
         return self.forward_sde.T
 
@@ -144,21 +171,13 @@ class ReverseSDE:
         diffusion = torch.zeros_like(diffusion) if self.probability_flow else diffusion
         return drift, diffusion
 
-    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Reverse of the discrete chain (the "reverse diffusion" predictor of the paper, eq. 46)."""
-        t = _as_batch_time(t, x)
-        f, G = self.forward_sde.discretize(x, t)
-        factor = 0.5 if self.probability_flow else 1.0
-        rev_f = f - batch_broadcast(G**2, x) * self.score_fn(x, t) * factor
-        rev_G = torch.zeros_like(G) if self.probability_flow else G
-        return rev_f, rev_G
-
 
 class VESDE(SDE):
     """Variance exploding SDE (eq. 30): sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
 
     centered = False
     default_eps = 1e-5
+    default_parameterization = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         super().__init__(N)
@@ -171,8 +190,15 @@ class VESDE(SDE):
         self.sigma_max = float(sigma_max)
         self.log_ratio = math.log(self.sigma_max / self.sigma_min)
 
+    @classmethod
+    def from_config(cls, cfg: SDEConfig) -> VESDE:
+        return cls(**_given(cfg, "sigma_min", "sigma_max"), N=cfg.N)
+
     def sigma(self, t: Tensor) -> Tensor:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        return torch.log(sigma / self.sigma_min) / self.log_ratio
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         drift = torch.zeros_like(x)
@@ -185,27 +211,6 @@ class VESDE(SDE):
 
     def prior_std(self) -> float:
         return self.sigma_max
-
-    def network_condition(self, t: Tensor) -> Tensor:
-        return self.sigma(t)
-
-    def discrete_sigmas(self, device: torch.device | str | None = None) -> Tensor:
-        """The N noise levels of SMLD, geometric from sigma_min to sigma_max."""
-        return torch.exp(
-            torch.linspace(
-                math.log(self.sigma_min), math.log(self.sigma_max), self.N, device=device
-            )
-        )
-
-    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        # SMLD chain: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z  (eq. 8).
-        timestep = (t * (self.N - 1) / self.T).round().long()
-        sigmas = self.discrete_sigmas(t.device).to(x.dtype)
-        sigma = sigmas[timestep]
-        prev = torch.where(
-            timestep == 0, torch.zeros_like(sigma), sigmas[(timestep - 1).clamp(min=0)]
-        )
-        return torch.zeros_like(x), torch.sqrt(sigma**2 - prev**2)
 
     def likelihood_density_antiderivative(self, t: Tensor) -> Tensor:
         # g^2 / sigma^2 = 2 log(sigma_max / sigma_min): constant, so importance sampling is uniform.
@@ -220,6 +225,8 @@ class VPSDE(SDE):
 
     centered = True
     default_eps = 1e-3
+    default_parameterization = "vp"
+    ancestral_uses_forward_variance = True
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
         super().__init__(N)
@@ -230,6 +237,10 @@ class VPSDE(SDE):
             )
         self.beta_0 = float(beta_min)
         self.beta_1 = float(beta_max)
+
+    @classmethod
+    def from_config(cls, cfg: SDEConfig) -> VPSDE:
+        return cls(beta_min=cfg.beta_min, beta_max=cfg.beta_max, N=cfg.N)
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_0 + t * (self.beta_1 - self.beta_0)
@@ -253,24 +264,15 @@ class VPSDE(SDE):
         std = torch.sqrt(-torch.expm1(2.0 * log_mean_coeff))
         return mean, std
 
+    def sigma(self, t: Tensor) -> Tensor:
+        # std / alpha = sqrt(e^B - 1)
+        return torch.sqrt(torch.expm1(self.integral_beta(t)))
+
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        return self.time_of_integral_beta(torch.log1p(sigma**2))
+
     def prior_std(self) -> float:
         return 1.0
-
-    def network_condition(self, t: Tensor) -> Tensor:
-        # DDPM-style networks take the discrete timestep index; continuous t maps onto [0, N-1].
-        return t * (self.N - 1)
-
-    def discrete_betas(self, device: torch.device | str | None = None) -> Tensor:
-        """DDPM's beta_i = beta(t_i) / N on the N-point grid."""
-        return torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, device=device)
-
-    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        # DDPM chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z  (eq. 10).
-        timestep = (t * (self.N - 1) / self.T).round().long()
-        beta = self.discrete_betas(t.device).to(x.dtype)[timestep]
-        alpha = 1.0 - beta
-        f = batch_broadcast(torch.sqrt(alpha), x) * x - x
-        return f, torch.sqrt(beta)
 
     def likelihood_density_antiderivative(self, t: Tensor) -> Tensor:
         # g^2 / std^2 = beta / (1 - e^{-B});  d/dt log(e^B - 1) = beta e^B / (e^B - 1).
@@ -284,6 +286,8 @@ class VPSDE(SDE):
 class SubVPSDE(VPSDE):
     """Sub-VP SDE (eq. 34): same drift as VP, diffusion g^2 = beta (1 - e^{-2B})."""
 
+    ancestral_uses_forward_variance = False
+
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         beta_t = self.beta(t)
         drift = -0.5 * batch_broadcast(beta_t, x) * x
@@ -296,11 +300,12 @@ class SubVPSDE(VPSDE):
         std = -torch.expm1(2.0 * log_mean_coeff)  # 1 - e^{-B}, eq. 35
         return mean, std
 
-    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        # No discrete chain in the paper: Euler-Maruyama of the SDE over one step of size T/N.
-        dt = self.T / self.N
-        drift, diffusion = self.sde(x, t)
-        return drift * dt, diffusion * math.sqrt(dt)
+    def sigma(self, t: Tensor) -> Tensor:
+        # (1 - e^{-B}) / e^{-B/2} = 2 sinh(B / 2)
+        return 2 * torch.sinh(self.integral_beta(t) / 2)
+
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        return self.time_of_integral_beta(2 * torch.asinh(sigma / 2))
 
     def likelihood_density_antiderivative(self, t: Tensor) -> Tensor:
         # g^2/std^2 = beta (e^B + 1)/(e^B - 1); antiderivative 2 log(e^B - 1) - B = log(4 sinh^2(B/2)).
@@ -312,4 +317,95 @@ class SubVPSDE(VPSDE):
         return self.time_of_integral_beta(b)
 
 
-SDES: dict[str, type[SDE]] = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE}
+class EDMSDE(SDE):
+    """EDM's schedule (Karras et al. 2022, sec. 3): sigma(t) = t, alpha(t) = 1, so
+    dx = sqrt(2 t) dw (EDM eq. 6 with sigma' sigma = t) on t in [sigma_min, sigma_max].
+
+    Time *is* the noise level, so T = sigma_max (80) and sampling stops at sigma_min (0.002).
+    Data are in [-1, 1] as in EDM, where sigma_data = 0.5.
+    """
+
+    centered = True
+    default_parameterization = "edm"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(
+                f"the EDM SDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
+                f"sigma_max={sigma_max}: set sde.sigma_min below sde.sigma_max"
+            )
+        super().__init__(N, T=float(sigma_max))
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.default_eps = self.sigma_min
+
+    @classmethod
+    def from_config(cls, cfg: SDEConfig) -> EDMSDE:
+        return cls(**_given(cfg, "sigma_min", "sigma_max"), N=cfg.N)
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.zeros_like(x), torch.sqrt(2 * t)
+
+    def marginal_prob(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return x, t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
+
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        return sigma
+
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def time_bins(self, n: int, eps: float) -> Tensor:
+        """Geometric edges: the noise levels span five decades."""
+        return torch.logspace(math.log10(eps), math.log10(self.T), n + 1, dtype=torch.float64)
+
+    def likelihood_density_antiderivative(self, t: Tensor) -> Tensor:
+        return 2 * torch.log(t)  # g^2 / std^2 = 2 / t
+
+    def likelihood_density_inverse(self, value: Tensor) -> Tensor:
+        return torch.exp(value / 2)
+
+
+SDES: dict[str, type[SDE]] = {
+    "vesde": VESDE,
+    "vpsde": VPSDE,
+    "subvpsde": SubVPSDE,
+    "edm": EDMSDE,
+}
+
+
+def _given(cfg: SDEConfig, *names: str) -> dict[str, float]:
+    """The entries of ``names`` that the config sets (None means "the SDE's default")."""
+    return {n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None}
+
+
+def validate_sde_config(cfg: SDEConfig) -> None:
+    """Check the ``sde`` section and fill in the defaults it leaves open (None), so that the
+    saved config says what really runs."""
+    require_choice(cfg.name, SDES, "sde.name")
+    require(cfg.N > 0, f"sde.N must be a positive number of steps, got {cfg.N}")
+    takes = inspect.signature(SDES[cfg.name].__init__).parameters
+    if "sigma_min" in takes:
+        for key in ("sigma_min", "sigma_max"):
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, float(takes[key].default))
+            value = getattr(cfg, key)
+            require(value > 0, f"sde.{key} must be > 0, got {value}")
+        require(
+            cfg.sigma_min < cfg.sigma_max,  # type: ignore[operator]
+            f"sde.sigma_min ({cfg.sigma_min}) must be below sde.sigma_max ({cfg.sigma_max})",
+        )
+    if "beta_min" in takes:
+        require(cfg.beta_min >= 0, f"sde.beta_min must be >= 0, got {cfg.beta_min}")
+        require(
+            cfg.beta_min < cfg.beta_max,
+            f"sde.beta_min ({cfg.beta_min}) must be below sde.beta_max ({cfg.beta_max})",
+        )
+
+
+def build_sde(cfg: SDEConfig) -> SDE:
+    """The SDE of a validated ``sde`` section."""
+    return SDES[cfg.name].from_config(cfg)

@@ -205,7 +205,7 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.seed)
-    module = ScoreModule(cfg)
+    module = ScoreModule.from_config(cfg)
     trainer = build_trainer(cfg, callbacks)
     if trainer.is_global_zero:
         save_config(cfg, cfg.run_dir / "config.yaml")

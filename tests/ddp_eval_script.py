@@ -61,7 +61,7 @@ class ProbedEvaluation(EvaluationCallback):
 
 
 def quickstart_config(out_dir: Path) -> ExperimentConfig:
-    from lightning_score.config import load_config
+    from lightning_score.experiment import load_config
 
     return load_config(
         ROOT / "configs" / "quickstart.yaml",
@@ -107,7 +107,7 @@ def main(out_dir: Path, stats: Path) -> None:
         enable_model_summary=False,
         callbacks=[evaluation, EMAWeightAveraging(decay=cfg.ema.decay)],
     )
-    module = ScoreModule(cfg)
+    module = ScoreModule.from_config(cfg)
     trainer.fit(module, datamodule=build_datamodule(cfg.data, seed=cfg.seed))
     # Evaluation ran at the last step; at train end EMA copies its average into the module.
     final_ema = parameters_to_vector(module.score_model.parameters())

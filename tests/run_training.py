@@ -20,7 +20,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_score.config import ExperimentConfig, load_config
+from lightning_score.config import ExperimentConfig
+from lightning_score.experiment import load_config
 from lightning_score.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,10 +36,10 @@ def test_table_and_plot_from_a_sampler_list(checkpoint: Path, tmp_path: Path) ->
         "sliced_wasserstein_to_data",
     ]
     assert [(r["sampler"], int(r["steps"])) for r in rows] == [
-        ("euler uniform", 2),
-        ("euler uniform", 4),
-        ("heun uniform", 2),
-        ("heun uniform", 3),
+        ("euler auto", 2),
+        ("euler auto", 4),
+        ("heun auto", 2),
+        ("heun auto", 3),
         ("pc euler_maruyama/none", 2),
         ("pc euler_maruyama/none", 4),
     ]
@@ -111,7 +111,7 @@ def test_bad_settings_fail_before_sampling(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert ablate(checkpoint, tmp_path, "euler:2,rk45:3") == 2
-    assert "unknown sampler 'rk45'" in capsys.readouterr().err
+    assert "unknown sampling.sampler 'rk45'" in capsys.readouterr().err
     spec = tmp_path / "bad.yaml"
     spec.write_text("- {sampler: heun, stepz: 3}\n")
     assert ablate(checkpoint, tmp_path, str(spec)) == 2

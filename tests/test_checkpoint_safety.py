@@ -110,7 +110,7 @@ def test_no_load_path_unpickles_code(run_dir, tmp_path):
     trainer = build_trainer(cfg)
     with pytest.raises(CheckpointError, match="not a weights-only checkpoint"):
         trainer.fit(
-            ScoreModule(cfg),
+            ScoreModule.from_config(cfg),
             datamodule=build_datamodule(cfg.data),
             ckpt_path=evil,
             weights_only=False,

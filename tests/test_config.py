@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_score.config import ConfigError, load_config
+from lightning_score.config import ConfigError
+from lightning_score.experiment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -32,7 +33,7 @@ BAD = [
     ),
     (["sde.name=vesde", "sde.sigma_min=-1"], r"sde.sigma_min must be > 0"),
     (["sde.name=vpsde", "sde.beta_min=30"], r"sde.beta_min \(30.0\) must be below sde.beta_max"),
-    (["sde.name=vp"], r"sde.name='vp' is not valid.*choose one of: subvpsde, vesde, vpsde"),
+    (["sde.name=vp"], r"sde.name='vp' is not valid.*choose one of: edm, subvpsde, vesde, vpsde"),
     (["data.name=cifar"], r"data.name='cifar' is not valid \(did you mean 'cifar10'\?\)"),
     (["model.name=ncsnpp_cifar"], r"model.name='ncsnpp_cifar' is not valid"),
     (["model.kwargs.chanels=[8]"], r"unknown keys \['chanels'\] for network 'unet'"),
@@ -47,9 +48,9 @@ BAD = [
         ["trainer.devices=3", "data.batch_size=64"],
         r"must be divisible by trainer.devices x trainer.num_nodes \(3\)",
     ),
-    (["sampling.steps=0"], r"sampling.steps must be positive"),
+    (["sampling.steps=0"], r"sampling.steps must be a positive integer"),
     (["sampling.snr=-0.1"], r"sampling.snr must be > 0"),
-    (["sampling.predictor=heun"], r"sampling.predictor='heun' is not valid"),
+    (["sampling.predictor=heun"], r"unknown sampling.predictor 'heun'"),
     (["trainer.precision=bf16"], r"trainer.precision='bf16' is not valid"),
     (["lr=0.1"], r"unknown config key 'lr'"),
     (["justakey"], r"overrides must look like key=value"),
@@ -60,7 +61,7 @@ BAD = [
         r"sde.beta_min \(20.0\) must be below sde.beta_max \(20.0\)",
     ),
     (["loss.eps=0"], r"loss.eps must lie in \(0, 1\), got 0.0"),
-    (["sampling.eps=1.0"], r"sampling.eps must lie in \(0, 1\), got 1.0"),
+    (["sampling.eps=1.0"], r"sampling.eps must lie in \(0, T=1\), got 1.0"),
     (["optim.lr=-1e-4"], r"optim.lr must be > 0"),
     (["data.batch_size=0"], r"data.batch_size must be positive"),
     (

@@ -51,8 +51,8 @@ def _check_score(unet: UNet2DModel, source: Path) -> None:
     with torch.no_grad():
         expected = unet(x, sigma).sample  # the UNet divides by sigma itself: this is the score
         torch.testing.assert_close(model(x, t), expected, rtol=1e-5, atol=1e-6)
-        # usable by the samplers: one reverse-diffusion step of the reverse SDE
-        f, g = sde.reverse(model).discretize(x, t)
+        # usable by the samplers: the drift and diffusion of the reverse SDE
+        f, g = sde.reverse(model).sde(x, t)
     assert torch.isfinite(f).all() and torch.isfinite(g).all()
 
 

@@ -94,4 +94,4 @@ def test_callback_must_precede_ema(tmp_path) -> None:
         accelerator="cpu", logger=False, callbacks=[EMAWeightAveraging(), evaluation]
     )
     with pytest.raises(ValueError, match="must come before EMAWeightAveraging"):
-        evaluation.setup(trainer, ScoreModule(cfg), "fit")
+        evaluation.setup(trainer, ScoreModule.from_config(cfg), "fit")

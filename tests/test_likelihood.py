@@ -170,9 +170,9 @@ def test_trained_toy_model_nll_is_close_to_the_data_entropy(tmp_path) -> None:
     ``lscore likelihood`` on held-out points: its NLL must be close to the data entropy, and not
     below the true NLL of the same points by more than noise (no model beats the true density)."""
     from lightning_score.cli import main
-    from lightning_score.config import load_config
     from lightning_score.data import build_datamodule
     from lightning_score.data.toy2d import gaussian_mixture, gaussian_mixture_log_prob
+    from lightning_score.experiment import load_config
     from lightning_score.train import train
 
     root = Path(__file__).resolve().parents[1]

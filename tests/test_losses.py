@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
+from lightning_score.config import LossConfig
 from lightning_score.losses import dsm_loss, importance_times, uniform_times
+from lightning_score.nets import ScoreModel
 from lightning_score.sde import SDE, SDES, batch_broadcast
 
 M, S = 0.5, 0.3  # data ~ N(M, S^2 I)
@@ -39,18 +41,19 @@ def test_exact_score_beats_perturbed_scores(name, weighting):
     gen = torch.Generator().manual_seed(1)
     # t >= 0.1: near t = 0 the 1/std^2 terms of the unweighted loss make sample means too
     # noisy to rank scores whose expected losses differ by well under a percent.
-    times = uniform_times(sde, n, 0.1, torch.device("cpu"), generator=gen)
+    times = uniform_times(sde, n, LossConfig(eps=0.1), torch.device("cpu"), generator=gen)
     times.t = times.t.double()
     noise = torch.randn(n, d, generator=gen, dtype=torch.float64)
     exact = gaussian_score(sde)
     # Common random numbers: the same (t, z) for every candidate score.
-    base = dsm_loss(exact, sde, x0, times, weighting, noise=noise).mean()
+    base = dsm_loss(ScoreModel.from_score_fn(exact, sde), x0, times, weighting, noise=noise).mean()
     for perturbed in (
         lambda x, t: exact(x, t) * 1.1,
         lambda x, t: exact(x, t) * 0.9,
         lambda x, t: exact(x, t) + 0.05 / batch_broadcast(sde.std(t), x),
     ):
-        assert dsm_loss(perturbed, sde, x0, times, weighting, noise=noise).mean() > base
+        model = ScoreModel.from_score_fn(perturbed, sde)
+        assert dsm_loss(model, x0, times, weighting, noise=noise).mean() > base
 
 
 def test_sigma2_weighting_equals_textbook_form():
@@ -58,11 +61,11 @@ def test_sigma2_weighting_equals_textbook_form():
     sde = SDES["vpsde"]()
     x0 = _data(64, 3, 2)
     gen = torch.Generator().manual_seed(3)
-    times = uniform_times(sde, 64, 1e-3, torch.device("cpu"), generator=gen)
+    times = uniform_times(sde, 64, LossConfig(eps=1e-3), torch.device("cpu"), generator=gen)
     times.t = times.t.double()
     z = torch.randn(64, 3, generator=gen, dtype=torch.float64)
     score = gaussian_score(sde)
-    got = dsm_loss(score, sde, x0, times, "sigma2", reduce="sum", noise=z)
+    got = dsm_loss(ScoreModel.from_score_fn(score, sde), x0, times, "sigma2", "sum", noise=z)
     mean, std = sde.marginal_prob(x0, times.t)
     xt = mean + std[:, None] * z
     textbook = (std[:, None] ** 2 * (score(xt, times.t) + z / std[:, None]) ** 2).sum(1)
@@ -84,10 +87,11 @@ def test_importance_sampling_is_unbiased_and_reduces_variance(name):
     estimates = {}
     for label, sampler in (("uniform", uniform_times), ("importance", importance_times)):
         gen = torch.Generator().manual_seed(5)
-        times = sampler(sde, n, eps, torch.device("cpu"), generator=gen)
+        times = sampler(sde, n, LossConfig(eps=eps), torch.device("cpu"), generator=gen)
         times.t = times.t.double()
         torch.manual_seed(6)
-        losses = dsm_loss(imperfect, sde, x0, times, "likelihood").double()
+        model = ScoreModel.from_score_fn(imperfect, sde)
+        losses = dsm_loss(model, x0, times, "likelihood").double()
         estimates[label] = (losses.mean().item(), losses.std().item() / math.sqrt(n))
     (mu_u, se_u), (mu_i, se_i) = estimates["uniform"], estimates["importance"]
     assert abs(mu_u - mu_i) < 4 * math.hypot(se_u, se_i), estimates

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from lightning_score.nets import NETWORKS, ScoreModel, build_network, network_kwargs_error
 from lightning_score.nets.fir import FIRConv2d, downsample_2d, fir_filter, upsample_2d
 from lightning_score.nets.ncsnpp import PRESETS
+from lightning_score.parameterization import build_parameterization
 from lightning_score.sde import VESDE, VPSDE, SubVPSDE
+
+
+def row(sde):
+    """The SDE's own parameterization (Song's VE row for VE, the VP row for VP / sub-VP)."""
+    return build_parameterization("auto", sde)
+
 
 # Parameter counts of the official score_sde_pytorch models (sum of model.parameters()).
 OFFICIAL_COUNTS = {
@@ -22,7 +29,7 @@ OFFICIAL_COUNTS = {
 
 
 def _sde_for(name: str):
-    return VPSDE() if name.startswith("ddpmpp") else VESDE()
+    return row(VPSDE() if name.startswith("ddpmpp") else VESDE())
 
 
 def _count(name: str, shape: tuple[int, ...]) -> int:
@@ -49,18 +56,18 @@ def test_other_presets_build_with_expected_sizes() -> None:
 def test_ncsnpp_cifar10_forward_batch2() -> None:
     torch.manual_seed(0)
     sde = VESDE()
-    net = build_network("ncsnpp_cifar10", (3, 32, 32), sde).eval()
-    model = ScoreModel(net, sde)
+    net = build_network("ncsnpp_cifar10", (3, 32, 32), row(sde)).eval()
+    model = ScoreModel(net, row(sde))
     x = torch.rand(2, 3, 32, 32)
     t = torch.tensor([0.1, 0.9])
+    sigma = sde.sigma(t)
     with torch.no_grad():
-        out = net(x, sde.network_condition(t))
+        out = net(x, sigma.log())
         score = model(x, t)
     assert out.shape == (2, 3, 32, 32)
     assert torch.isfinite(out).all()
-    # scale_by_sigma: the network already divides by sigma, the wrapper must not divide again.
-    assert net.output_divided_by_sigma
-    torch.testing.assert_close(score, out, rtol=0, atol=0)
+    # Song's VE row: the network estimates sigma * score, divided once, by the parameterization.
+    torch.testing.assert_close(score, out / sigma[:, None, None, None], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -69,8 +76,8 @@ def test_ncsnpp_cifar10_forward_batch2() -> None:
 )
 def test_tiny_presets_train_one_step(name: str, sde) -> None:
     torch.manual_seed(0)
-    net = build_network(name, (1, 16, 16), sde)
-    model = ScoreModel(net, sde)
+    net = build_network(name, (1, 16, 16), row(sde))
+    model = ScoreModel(net, row(sde))
     x0 = sde.scale_data(torch.rand(4, 1, 16, 16))
     t = torch.rand(4) * (1 - 1e-3) + 1e-3
     z = torch.randn_like(x0)
@@ -88,7 +95,7 @@ def test_tiny_presets_train_one_step(name: str, sde) -> None:
 
 def test_unknown_preset_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="unknown network 'ncsnpp_cifar'") as err:
-        build_network("ncsnpp_cifar", (3, 32, 32), VESDE())
+        build_network("ncsnpp_cifar", (3, 32, 32), row(VESDE()))
     for name in PRESETS:
         assert name in str(err.value)
 
@@ -98,34 +105,34 @@ def test_unknown_knob_is_rejected_with_the_accepted_ones() -> None:
     assert problem is not None and "num_blocks" in problem and "num_res_blocks" in problem
     assert network_kwargs_error("ncsnpp_tiny", {"nf": 32, "ch_mult": [1, 2, 2]}) is None
     with pytest.raises(ValueError, match="not one of"):
-        build_network("ncsnpp_tiny", (1, 16, 16), VESDE(), progressive="skip")
-    with pytest.raises(ValueError, match="scale_by_sigma"):
-        build_network("ddpmpp_tiny", (1, 16, 16), VPSDE(), scale_by_sigma=True)
+        build_network("ncsnpp_tiny", (1, 16, 16), row(VESDE()), progressive="skip")
+    with pytest.raises(ValueError, match="unknown keys \\['scale_by_sigma'\\]"):
+        build_network("ddpmpp_tiny", (1, 16, 16), row(VPSDE()), scale_by_sigma=True)
     with pytest.raises(ValueError, match="divisible"):
-        build_network("ncsnpp_tiny", (1, 15, 15), VESDE())
+        build_network("ncsnpp_tiny", (1, 15, 15), row(VESDE()))
 
 
 def test_config_lists_override_knobs() -> None:
-    net = build_network("ncsnpp_tiny", (3, 16, 16), VESDE(), ch_mult=[1, 1, 2], nf=8)
+    net = build_network("ncsnpp_tiny", (3, 16, 16), row(VESDE()), ch_mult=[1, 1, 2], nf=8)
     assert net.cfg.ch_mult == (1, 1, 2) and len(net.down) == 3
 
 
 def test_input_centering_follows_the_sde() -> None:
     torch.manual_seed(0)
-    ve = build_network("ncsnpp_tiny", (1, 16, 16), VESDE()).eval()
+    ve = build_network("ncsnpp_tiny", (1, 16, 16), row(VESDE())).eval()
     assert ve.center_input  # VE data in [0, 1]; the network maps them to [-1, 1]
-    assert not build_network("ddpmpp_tiny", (1, 16, 16), VPSDE()).center_input
-    plain = build_network("ncsnpp_tiny", (1, 16, 16), VESDE(), center_input=False).eval()
+    assert not build_network("ddpmpp_tiny", (1, 16, 16), row(VPSDE())).center_input
+    plain = build_network("ncsnpp_tiny", (1, 16, 16), row(VESDE()), center_input=False).eval()
     plain.load_state_dict(ve.state_dict())
-    x, sigma = torch.rand(2, 1, 16, 16), torch.tensor([0.5, 5.0])
+    x, sigma = torch.rand(2, 1, 16, 16), torch.tensor([0.5, 5.0]).log()
     with torch.no_grad():
         torch.testing.assert_close(ve(x, sigma), plain(2 * x - 1, sigma))
 
 
 def test_channels_last_and_bf16() -> None:
     torch.manual_seed(0)
-    net = build_network("ncsnpp_tiny", (3, 16, 16), VESDE()).eval()
-    x, sigma = torch.rand(2, 3, 16, 16), torch.tensor([0.05, 20.0])
+    net = build_network("ncsnpp_tiny", (3, 16, 16), row(VESDE())).eval()
+    x, sigma = torch.rand(2, 3, 16, 16), torch.tensor([0.05, 20.0]).log()
     with torch.no_grad():
         ref = net(x, sigma)
         cl = net.to(memory_format=torch.channels_last)(

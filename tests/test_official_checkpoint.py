@@ -18,14 +18,16 @@ import pytest
 import torch
 
 from lightning_score.commands import convert
+from lightning_score.experiment import build_score_model
 from lightning_score.nets import build_network
-from lightning_score.nets.ncsnpp import from_official_state_dict, to_official_state_dict
-from lightning_score.nets.official import (
+from lightning_score.nets.official_layout import from_official_state_dict, to_official_state_dict
+from lightning_score.official import (
     OFFICIAL_CONFIGS,
     OfficialCheckpointError,
     load_official_checkpoint,
-    resolve_config,
+    official_experiment,
 )
+from lightning_score.parameterization import build_parameterization
 from lightning_score.sde import VESDE, VPSDE, SubVPSDE
 
 REFERENCE = json.loads(
@@ -41,10 +43,13 @@ def _synthetic(index: int, shape: list[int], dtype: torch.dtype) -> torch.Tensor
     return values.reshape(shape).to(dtype)
 
 
+def _param(sde):
+    return build_parameterization("auto", sde)
+
+
 def _official_net(case: dict):
-    return build_network(
-        case["preset"], case["data_shape"], SDES[case["sde"]](), **case["overrides"]
-    )
+    param = _param(SDES[case["sde"]]())
+    return build_network(case["preset"], case["data_shape"], param, **case["overrides"])
 
 
 @pytest.mark.parametrize("preset", sorted(CASES))
@@ -63,8 +68,12 @@ def test_matches_the_official_model(preset: str) -> None:
     net.load_state_dict(from_official_state_dict(net, official))
     n = 2 * 3 * 16 * 16
     x = (0.5 + 0.4 * torch.sin(torch.arange(n, dtype=torch.float64) * 0.37)).reshape(2, 3, 16, 16)
+    cond = torch.tensor(case["cond"], dtype=dtype)
     with torch.no_grad():
-        out = net(x.to(dtype), torch.tensor(case["cond"], dtype=dtype))
+        if case["sde"] == "vesde":  # official VE: Fourier features of log sigma, output / sigma
+            out = net(x.to(dtype), cond.log()) / cond[:, None, None, None]
+        else:  # official VP: the DDPM timestep, epsilon out
+            out = net(x.to(dtype), cond)
     expected = torch.tensor(case["output_every_2nd_pixel"], dtype=torch.float64)
     got = out[:, :, ::2, ::2].flatten().double()
     tol = 1e-8 if dtype == torch.float64 else 1e-5
@@ -106,8 +115,8 @@ def _write_official(
 def ve_checkpoint(tmp_path: Path):
     torch.manual_seed(0)
     sde = VESDE()
-    raw = _perturbed(build_network("ncsnpp_tiny", (3, 16, 16), sde), 1).eval()
-    ema = _perturbed(build_network("ncsnpp_tiny", (3, 16, 16), sde), 2).eval()
+    raw = _perturbed(build_network("ncsnpp_tiny", (3, 16, 16), _param(sde)), 1).eval()
+    ema = _perturbed(build_network("ncsnpp_tiny", (3, 16, 16), _param(sde)), 2).eval()
     ema.embed.W.data.copy_(raw.embed.W)  # frozen: the official EMA never holds it
     path = tmp_path / "checkpoint_26.pth"
     _write_official(path, raw, ema, CASES["ncsnpp_tiny"]["trainable_parameters"])
@@ -119,14 +128,20 @@ def test_checkpoint_round_trip_raw_and_ema(ve_checkpoint) -> None:
     x, t = torch.rand(3, 3, 16, 16), torch.tensor([0.01, 0.5, 1.0])
     for use_ema, ref in ((True, ema), (False, raw)):
         model, got_sde = load_official_checkpoint(
-            path, "ncsnpp_tiny", data_shape=(3, 16, 16), sde=sde, use_ema=use_ema
+            path,
+            "ncsnpp_tiny",
+            data_shape=(3, 16, 16),
+            sde_overrides=["sde.name=vesde"],
+            use_ema=use_ema,
         )
-        assert got_sde is sde and not model.training
+        assert isinstance(got_sde, VESDE) and not model.training
         for name, value in ref.state_dict().items():
             assert torch.equal(model.net.state_dict()[name], value), name
+        sigma = sde.sigma(t)
         with torch.no_grad():
-            # Official VE score_fn: the network output itself (it divides by sigma).
-            torch.testing.assert_close(model(x, t), ref(x, sde.sigma(t)), rtol=0, atol=0)
+            # Official VE score_fn: Fourier features of log sigma, the output divided by sigma.
+            expected = ref(x, sigma.log()) / sigma[:, None, None, None]
+            torch.testing.assert_close(model(x, t), expected, rtol=0, atol=0)
     # The same file through an official config name, shrunk to the tiny widths by overrides.
     tiny = {"nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8]}
     model, got_sde = load_official_checkpoint(
@@ -134,16 +149,19 @@ def test_checkpoint_round_trip_raw_and_ema(ve_checkpoint) -> None:
     )
     assert isinstance(got_sde, VESDE) and (got_sde.sigma_min, got_sde.sigma_max) == (0.01, 50.0)
     with torch.no_grad():
-        torch.testing.assert_close(model(x, t), ema(x, got_sde.sigma(t)), rtol=0, atol=0)
+        expected = ema(x, sigma.log()) / sigma[:, None, None, None]
+        torch.testing.assert_close(model(x, t), expected, rtol=0, atol=0)
 
 
 def test_vp_checkpoint_gives_the_official_vp_score(tmp_path: Path) -> None:
     torch.manual_seed(0)
     sde = SubVPSDE()
-    raw = _perturbed(build_network("ddpmpp_tiny", (3, 16, 16), sde), 3).eval()
+    raw = _perturbed(build_network("ddpmpp_tiny", (3, 16, 16), _param(sde)), 3).eval()
     path = tmp_path / "checkpoint_1.pth"
     _write_official(path, raw, raw, CASES["ddpmpp_tiny"]["trainable_parameters"])
-    model, _ = load_official_checkpoint(path, "ddpmpp_tiny", data_shape=(3, 16, 16), sde=sde)
+    model, _ = load_official_checkpoint(
+        path, "ddpmpp_tiny", data_shape=(3, 16, 16), sde_overrides=["sde.name=subvpsde"]
+    )
     x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0.01, 0.7])
     std = sde.marginal_prob(x, t)[1]
     with torch.no_grad():
@@ -183,30 +201,33 @@ def test_convert_cli_writes_a_lightning_score_checkpoint(
     for use_ema, ref in ((True, ema), (False, raw)):
         model, cfg = load_score_model(out, ema=use_ema)
         assert cfg.sde.name == "vesde" and cfg.sampling.corrector == "langevin"
-        with torch.no_grad():
-            torch.testing.assert_close(model(x, t), ref(x, sde.sigma(t)), rtol=0, atol=0)
+        sigma = sde.sigma(t)[:, None, None, None]
+        with torch.no_grad():  # the official VE score: the network divides by sigma
+            torch.testing.assert_close(model(x, t), ref(x, sde.sigma(t).log()) / sigma)
 
 
 def test_official_config_names_resolve_to_the_right_networks_and_sdes() -> None:
-    r = resolve_config("configs/ve/church_ncsnpp_continuous.py")
-    assert r.preset == "ncsnpp_256" and r.data_shape == (3, 256, 256)
-    assert isinstance(r.sde, VESDE) and r.sde.sigma_max == 380 and r.sde.N == 2000
-    r = resolve_config("subvp/cifar10_ddpmpp_deep_continuous")
-    assert r.preset == "ddpmpp_cifar10_deep" and type(r.sde) is SubVPSDE
+    cfg = official_experiment("configs/ve/church_ncsnpp_continuous.py")
+    assert cfg.model.name == "ncsnpp_256" and cfg.data.image_size == 256
+    assert cfg.sde.name == "vesde" and cfg.sde.sigma_max == 380 and cfg.sde.N == 2000
+    assert cfg.data.categories == ["church_outdoor"] and cfg.loss.reduce == "half_sum"
+    cfg = official_experiment("subvp/cifar10_ddpmpp_deep_continuous")
+    assert cfg.model.name == "ddpmpp_cifar10_deep" and cfg.sde.name == "subvpsde"
+    assert official_experiment("ve/ffhq_ncsnpp_continuous").loss.reduce == "mean"
     built = set()
     for name in OFFICIAL_CONFIGS:  # every distinct network once: VE models center their input
-        r = resolve_config(name)
-        key = (r.preset, r.data_shape, repr(sorted(r.overrides.items())), r.sde.centered)
+        cfg = official_experiment(name)
+        key = (cfg.model.name, cfg.data.image_size, repr(cfg.model.kwargs), cfg.sde.name)
         if key in built:
             continue
         built.add(key)
         with torch.device("meta"):
-            net = build_network(r.preset, r.data_shape, r.sde, **r.overrides)
-        assert net.center_input == isinstance(r.sde, VESDE), name
+            net = build_score_model(cfg).net
+        assert net.center_input == (cfg.sde.name == "vesde"), name
     with pytest.raises(OfficialCheckpointError, match="data_shape and sde"):
-        resolve_config("ncsnpp_tiny")
+        official_experiment("ncsnpp_tiny")
     with pytest.raises(OfficialCheckpointError, match="ve/cifar10_ncsnpp_continuous"):
-        resolve_config("ve/cifar10_ncsnp")
+        official_experiment("ve/cifar10_ncsnp")
 
 
 def test_untrusted_pickle_is_refused_unless_trusted(ve_checkpoint, tmp_path: Path) -> None:
@@ -215,7 +236,7 @@ def test_untrusted_pickle_is_refused_unless_trusted(ve_checkpoint, tmp_path: Pat
     state["config"] = argparse.Namespace(lr=2e-4)  # an arbitrary object: needs a full unpickle
     unsafe = tmp_path / "unsafe.pth"
     torch.save(state, unsafe)
-    kwargs = {"data_shape": (3, 16, 16), "sde": VESDE()}
+    kwargs = {"data_shape": (3, 16, 16), "sde_overrides": ["sde.name=vesde"]}
     with pytest.raises(OfficialCheckpointError, match="--trust-checkpoint"):
         load_official_checkpoint(unsafe, "ncsnpp_tiny", **kwargs)
     model, _ = load_official_checkpoint(unsafe, "ncsnpp_tiny", trust_checkpoint=True, **kwargs)
@@ -225,12 +246,18 @@ def test_untrusted_pickle_is_refused_unless_trusted(ve_checkpoint, tmp_path: Pat
 def test_wrong_config_says_which_keys_differ(ve_checkpoint) -> None:
     path = ve_checkpoint[0]
     with pytest.raises(OfficialCheckpointError) as err:
-        load_official_checkpoint(path, "ncsnpp_tiny", data_shape=(3, 16, 16), sde=VESDE(), nf=32)
+        load_official_checkpoint(
+            path, "ncsnpp_tiny", data_shape=(3, 16, 16), sde_overrides=["sde.name=vesde"], nf=32
+        )
     assert "shape mismatches" in str(err.value)
     assert "all_modules.1.weight: checkpoint (64, 32) vs model (128, 64)" in str(err.value)
     with pytest.raises(OfficialCheckpointError, match=r"missing|unexpected"):
         load_official_checkpoint(
-            path, "ddpmpp_tiny", data_shape=(3, 16, 16), sde=VPSDE(), use_ema=False
+            path,
+            "ddpmpp_tiny",
+            data_shape=(3, 16, 16),
+            sde_overrides=["sde.name=vpsde"],
+            use_ema=False,
         )
 
 
@@ -238,6 +265,8 @@ def test_not_an_official_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"state_dict": {}}, path)
     with pytest.raises(OfficialCheckpointError, match="'model', 'ema'"):
-        load_official_checkpoint(path, "ncsnpp_tiny", data_shape=(3, 16, 16), sde=VESDE())
+        load_official_checkpoint(
+            path, "ncsnpp_tiny", data_shape=(3, 16, 16), sde_overrides=["sde.name=vesde"]
+        )
     with pytest.raises(FileNotFoundError):
         load_official_checkpoint(tmp_path / "missing.pth", "ve/cifar10_ncsnpp_continuous")

@@ -66,7 +66,9 @@ def test_bad_sampler_names_list_the_valid_ones(
     assert run_sample(checkpoint, tmp_path, "--sampler", "pc", "--predictor", "heun") == 2
     err = capsys.readouterr().err
     assert (
-        "unknown predictor 'heun'" in err and "euler_maruyama" in err and "reverse_diffusion" in err
+        "unknown sampling.predictor 'heun'" in err
+        and "euler_maruyama" in err
+        and "reverse_diffusion" in err
     )
     assert run_sample(checkpoint, tmp_path, "--steps", "0") == 2
     assert "steps must be a positive integer" in capsys.readouterr().err

@@ -172,6 +172,8 @@ class NonlinearSDE(SDE):
 
     centered = True
     default_eps = 1e-3
+    default_parameterization = "vp"
+    linear = False
 
     def sde(self, x, t):
         return -torch.sin(x), torch.ones_like(t)
@@ -182,10 +184,7 @@ class NonlinearSDE(SDE):
     def prior_std(self):
         return 1.0
 
-    def network_condition(self, t):
-        return t
-
-    def discretize(self, x, t):
+    def time_of_sigma(self, sigma):
         raise NotImplementedError
 
     def likelihood_density_antiderivative(self, t):
@@ -200,20 +199,26 @@ class NonlinearSDE(SDE):
     [
         (
             {"predictor": "euler"},
-            "unknown predictor 'euler'.*valid names: ancestral_sampling, euler_maruyama, none, reverse_diffusion",
+            "unknown sampling.predictor 'euler'.*valid names: ancestral_sampling, euler_maruyama, none, reverse_diffusion",
         ),
         (
             {"corrector": "langevine"},
-            "unknown corrector 'langevine' \\(did you mean 'langevin'\\?\\); valid names: ald, langevin, none",
+            "unknown sampling.corrector 'langevine' \\(did you mean 'langevin'\\?\\); valid names: ald, langevin, none",
         ),
-        ({"sampler": "rk4"}, "unknown sampler 'rk4'.*valid names: dpmpp_2m, euler, heun, ode, pc"),
-        ({"schedule": "cosine"}, "unknown time schedule 'cosine'.*edm, log_sigma, uniform"),
+        (
+            {"sampler": "rk4"},
+            "unknown sampling.sampler 'rk4'.*valid names: dpmpp_2m, edm, euler, heun, ode, pc",
+        ),
+        (
+            {"schedule": "cosine"},
+            "unknown sampling.schedule 'cosine'.*edm, log_sigma, uniform",
+        ),
         ({"steps": 0}, "steps must be a positive integer, got 0"),
         ({"steps": -3}, "steps must be a positive integer, got -3"),
         ({"snr": 0.0}, "snr must be > 0"),
         ({"snr": -0.1}, "snr must be > 0"),
         ({"corrector": "langevin", "corrector_steps": 0}, "corrector_steps must be >= 1"),
-        ({"eps": 1.5}, "eps must lie in \\(0, T=1.0\\)"),
+        ({"eps": 1.5}, "eps must lie in \\(0, T=1\\)"),
         ({"predictor": "none"}, "never moves the prior samples"),
         (
             {"sampler": "heun", "corrector": "langevin"},
@@ -223,7 +228,9 @@ class NonlinearSDE(SDE):
             {"sampler": "ode", "method": "euler"},
             "not an adaptive torchdiffeq method; choose one of: dopri5",
         ),
-        ({"sampler": "ode", "rtol": 0.0}, "tolerances must be > 0"),
+        ({"sampler": "ode", "rtol": 0.0}, "tolerances\\) must be > 0"),
+        ({"sampler": "edm", "s_churn": -1.0}, "sampling.s_churn must be >= 0"),
+        ({"sampler": "edm", "s_tmin": 2.0, "s_tmax": 1.0}, "sampling.s_tmin \\(2.0\\) must lie in"),
     ],
 )
 def test_bad_settings_are_refused_with_a_reason(change: dict, message: str) -> None:
@@ -245,7 +252,7 @@ def test_steps_an_sde_cannot_support_are_refused(predictor: str, corrector: str,
     cfg = SamplingConfig(predictor=predictor, corrector=corrector)
     with pytest.raises(
         ValueError,
-        match=f"{what} derives its step from the Gaussian kernel.*NonlinearSDE is not one",
+        match=f"{what} derives its step from the Gaussian kernel.*NonlinearSDE is not linear",
     ):
         check_sampling(NonlinearSDE(), cfg)
 

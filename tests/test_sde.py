@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightning_score.sde import SDES, VESDE, VPSDE, SubVPSDE
+from lightning_score.sde import EDMSDE, SDES, VESDE, VPSDE, SubVPSDE
 
 TIMES = torch.tensor([1e-5, 0.1, 0.37, 0.5, 0.9, 1.0], dtype=torch.float64)
 B0, B1 = 0.1, 20.0
@@ -110,20 +110,32 @@ def test_likelihood_density_antiderivative(name):
     torch.testing.assert_close(back, t)
 
 
-def test_discretize_recovers_discrete_chains():
-    ve = VESDE(0.01, 50.0, N=10)
-    sig = ve.discrete_sigmas()
-    x = torch.zeros(10, 2)
-    t = torch.arange(10) / 9.0
-    f, G = ve.discretize(x, t)
-    prev = torch.cat([torch.zeros(1), sig[:-1]])
-    torch.testing.assert_close(G, torch.sqrt(sig**2 - prev**2))
-    vp = VPSDE(N=100)
-    t = torch.arange(100) / 99.0
-    f, G = vp.discretize(torch.ones(100, 2), t)
-    beta = torch.linspace(0.1 / 100, 20.0 / 100, 100)  # DDPM's beta_i = beta(t_i) / N
-    torch.testing.assert_close(G, torch.sqrt(beta))
-    torch.testing.assert_close(f, (torch.sqrt(1 - beta) - 1)[:, None].expand(100, 2))
+@pytest.mark.parametrize("name", sorted(SDES))
+def test_sigma_is_std_over_alpha_and_time_of_sigma_inverts_it(name):
+    """EDM's noise level sigma(t) = std / alpha in closed form, and its closed-form inverse."""
+    sde = SDES[name]()
+    t = torch.linspace(sde.default_eps, sde.T, 7, dtype=torch.float64)
+    mean, std = sde.marginal_prob(torch.ones(7, 1, dtype=torch.float64), t)
+    torch.testing.assert_close(sde.sigma(t), std / mean[:, 0])
+    torch.testing.assert_close(sde.alpha(t), mean[:, 0])
+    torch.testing.assert_close(sde.time_of_sigma(sde.sigma(t)), t)
+
+
+def test_edm_schedule_is_sigma_equals_t():
+    """Karras et al. (2022): sigma(t) = t, s(t) = 1, so p_t = p_data * N(0, t^2) and g^2 = 2t."""
+    sde = EDMSDE()
+    assert (sde.sigma_min, sde.sigma_max, sde.T, sde.default_eps) == (0.002, 80.0, 80.0, 0.002)
+    x = _x()
+    t = torch.tensor([0.002, 0.1, 1.0, 5.0, 40.0, 80.0], dtype=torch.float64)
+    mean, std = sde.marginal_prob(x, t)
+    torch.testing.assert_close(mean, x)
+    torch.testing.assert_close(std, t)
+    _, g = sde.sde(x, t)
+    torch.testing.assert_close(g**2, 2 * t)  # d sigma^2 / dt
+    assert sde.centered and sde.prior_std() == 80.0
+    edges = sde.time_bins(5, 0.002)
+    ratio = torch.full((5,), (80 / 0.002) ** 0.2, dtype=torch.float64)
+    torch.testing.assert_close(edges[1:] / edges[:-1], ratio)
 
 
 def test_bad_parameters_are_refused():
@@ -131,6 +143,8 @@ def test_bad_parameters_are_refused():
         VESDE(sigma_min=10.0, sigma_max=1.0)
     with pytest.raises(ValueError, match="beta_min"):
         VPSDE(beta_min=5.0, beta_max=1.0)
+    with pytest.raises(ValueError, match="sigma_min"):
+        EDMSDE(sigma_min=100.0)
 
 
 def test_scaling_follows_sde_convention():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lightning_score.checkpoint import load_score_model
-from lightning_score.config import load_config
 from lightning_score.data.toy2d import gaussian_mixture
+from lightning_score.experiment import load_config
 from lightning_score.sampling import sample
 from lightning_score.train import train
 

@@ -18,7 +18,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_score.cli import main
-from lightning_score.config import load_config
+from lightning_score.experiment import load_config
 from lightning_score.loggers import build_logger
 from lightning_score.train import train
 

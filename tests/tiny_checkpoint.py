@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_score.config import load_config
+from lightning_score.experiment import load_config
 from lightning_score.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,13 +9,13 @@ The output loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lightning_score.nets.official import OFFICIAL_CONFIGS, OfficialWeights, make_sde
-from lightning_score.sde import SDE, VESDE, VPSDE
+from lightning_score.official import OFFICIAL_CONFIGS, OfficialWeights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,67 +39,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     preset.add_argument("--image-size", type=int, help="image side in pixels")
     preset.add_argument("--channels", type=int, default=3, help="image channels (default 3)")
     preset.add_argument("--sde", choices=["vesde", "vpsde", "subvpsde"], help="SDE of the model")
-    preset.add_argument("--sigma-min", type=float, default=0.01)
-    preset.add_argument("--sigma-max", type=float, default=50.0)
-    preset.add_argument("--beta-min", type=float, default=0.1)
-    preset.add_argument("--beta-max", type=float, default=20.0)
+    preset.add_argument("--sigma-min", type=float, default=0.01, help="VE sigma_min")
+    preset.add_argument("--sigma-max", type=float, default=50.0, help="VE sigma_max")
+    preset.add_argument("--beta-min", type=float, default=0.1, help="VP / sub-VP beta_min")
+    preset.add_argument("--beta-max", type=float, default=20.0, help="VP / sub-VP beta_max")
     preset.add_argument("--num-scales", type=int, default=1000, help="the SDE's N")
 
 
-def _sde_config(sde: SDE) -> dict[str, Any]:
-    if isinstance(sde, VESDE):
-        return {
-            "name": "vesde",
-            "sigma_min": sde.sigma_min,
-            "sigma_max": sde.sigma_max,
-            "N": sde.N,
-        }
-    name = "vpsde" if type(sde) is VPSDE else "subvpsde"
-    return {"name": name, "beta_min": sde.beta_0, "beta_max": sde.beta_1, "N": sde.N}
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists so the config is plain YAML data."""
-    return list(value) if isinstance(value, tuple) else value
+def sde_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``sde.*`` overrides a preset conversion names on the command line."""
+    if args.sde is None:
+        return []
+    ranges = (
+        [f"sde.sigma_min={args.sigma_min}", f"sde.sigma_max={args.sigma_max}"]
+        if args.sde == "vesde"
+        else [f"sde.beta_min={args.beta_min}", f"sde.beta_max={args.beta_max}"]
+    )
+    return [f"sde.name={args.sde}", *ranges, f"sde.N={args.num_scales}"]
 
 
 def experiment_config(weights: OfficialWeights, name: str) -> dict[str, Any]:
     """The resolved lightning-score config (as a plain dict) that rebuilds the converted model."""
-    from lightning_score.config import (
-        DataConfig,
-        EMAConfig,
-        ExperimentConfig,
-        ModelConfig,
-        SamplingConfig,
-        SDEConfig,
-        to_dict,
-    )
-    from lightning_score.data import data_shape
+    from lightning_score.config import to_dict
 
-    r = weights.resolved
-    oc = r.official
-    channels, size = r.data_shape[0], r.data_shape[1]
-    data_name = oc.data if oc else ("folder" if channels == 3 else "fashion_mnist")
-    data = DataConfig(name=data_name, image_size=size)
-    if data_shape(data) != tuple(r.data_shape):
-        raise ValueError(
-            f"no data set of this project yields {channels}-channel images; "
-            "convert with --channels 3 (or 1)"
-        )
-    ve = isinstance(r.sde, VESDE)
-    sampling = SamplingConfig(
-        predictor="reverse_diffusion" if ve else "euler_maruyama",
-        corrector="langevin" if ve else "none",
-        snr=oc.snr if oc else 0.16,
-        steps=r.sde.N,
-    )
-    cfg = ExperimentConfig(
+    cfg = dataclasses.replace(
+        weights.config,
         name=f"official-{name.replace('/', '-')}",
-        sde=SDEConfig(**_sde_config(r.sde)),
-        model=ModelConfig(name=r.preset, kwargs={k: _plain(v) for k, v in r.overrides.items()}),
-        data=data,
-        ema=EMAConfig(enabled=weights.ema is not None, decay=oc.ema_decay if oc else 0.999),
-        sampling=sampling,
+        ema=dataclasses.replace(weights.config.ema, enabled=weights.ema is not None),
     )
     return to_dict(cfg)
 
@@ -123,11 +89,12 @@ def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Pat
 
 def run(args: argparse.Namespace) -> int:
     from lightning_score.nets.ncsnpp import PRESETS
-    from lightning_score.nets.official import read_official_weights
+    from lightning_score.official import official_experiment, read_official_weights
 
     if args.list:
         for name, oc in sorted(OFFICIAL_CONFIGS.items()):
-            print(f"{name:40s} {oc.preset} {oc.image_size}px {oc.sde}")
+            extra = f" {' '.join(oc.overrides)}" if oc.overrides else ""
+            print(f"{name:40s} configs/{oc.yaml}{extra}")
         print(f"presets (with --image-size and --sde): {', '.join(sorted(PRESETS))}")
         return 0
     if not args.checkpoint or not args.config:
@@ -135,17 +102,11 @@ def run(args: argparse.Namespace) -> int:
     data_shape = None
     if args.image_size is not None:
         data_shape = (args.channels, args.image_size, args.image_size)
-    sde = None
-    if args.sde is not None:
-        sde = make_sde(
-            args.sde, args.sigma_min, args.sigma_max, args.beta_min, args.beta_max, args.num_scales
-        )
+    exp = official_experiment(args.config, data_shape=data_shape, sde_overrides=sde_overrides(args))
     source = Path(args.checkpoint)
-    weights = read_official_weights(
-        source, args.config, data_shape=data_shape, sde=sde, trust_checkpoint=args.trust_checkpoint
-    )
+    weights = read_official_weights(source, exp, trust_checkpoint=args.trust_checkpoint)
     out = Path(args.out) if args.out else source.with_suffix(".lscore.ckpt")
     convert(weights, args.config, source, out)
     kind = "EMA and raw" if weights.ema is not None else "raw (no EMA in the file)"
-    print(f"wrote {out}: {weights.resolved.preset}, {kind} weights, step {weights.step}")
+    print(f"wrote {out}: {exp.model.name}, {kind} weights, step {weights.step}")
     return 0

@@ -32,13 +32,8 @@ from lightning_score.commands.sample import (
     to_data_space,
 )
 from lightning_score.commands.stats import add_extractor_arguments, split_batches
-from lightning_score.config import (
-    ConfigError,
-    ExperimentConfig,
-    SamplingConfig,
-    load_config,
-    with_overrides,
-)
+from lightning_score.config import ConfigError, ExperimentConfig, SamplingConfig
+from lightning_score.experiment import load_config, with_overrides
 from lightning_score.nets import ScoreModel
 
 DEFAULT_NUM = 50_000

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_score.config import ExperimentConfig, load_config
+from lightning_score.config import ExperimentConfig
+from lightning_score.experiment import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

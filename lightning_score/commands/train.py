@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lightning_score.config import load_config
+from lightning_score.experiment import load_config
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_score.config import DataConfig
+from lightning_score.config import DataConfig, require, require_choice
 from lightning_score.data.base import DataNotFoundError, ScoreDataModule, split_fraction
 from lightning_score.data.image_sets import (
     ImageFolderFlat,
@@ -120,8 +120,24 @@ def data_shape(cfg: DataConfig) -> tuple[int, ...]:
     return (channels, cfg.image_size, cfg.image_size)
 
 
+def validate_data_config(d: DataConfig) -> None:
+    """Check the ``data`` section (the files themselves are checked when the set loads)."""
+    require_choice(d.name, DATASETS, "data.name")
+    require(d.batch_size > 0, f"data.batch_size must be positive, got {d.batch_size}")
+    require(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
+    require(0 <= d.val_fraction < 1, f"data.val_fraction must lie in [0, 1), got {d.val_fraction}")
+    require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+
+
 def build_datamodule(cfg: DataConfig, seed: int = 0) -> ScoreDataModule:
     return lookup(DATASETS, cfg.name, "data set (data.name)")(cfg, seed)
 
 
-__all__ = ["DATASETS", "DataNotFoundError", "ScoreDataModule", "build_datamodule", "data_shape"]
+__all__ = [
+    "DATASETS",
+    "DataNotFoundError",
+    "ScoreDataModule",
+    "build_datamodule",
+    "data_shape",
+    "validate_data_config",
+]

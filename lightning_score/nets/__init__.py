@@ -1,4 +1,4 @@
-"""Network registry. A factory takes ``(data_shape, sde, **kwargs)`` and returns ``net(x, cond)``."""
+"""Network registry. A factory takes ``(data_shape, param, **kwargs)`` and returns ``net(x, c_noise)``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 
 from torch import nn
 
+from lightning_score.config import ModelConfig, require, require_choice
 from lightning_score.nets.mlp import toy_mlp
 from lightning_score.nets.ncsnpp import NCSNPP_FACTORIES
 from lightning_score.nets.score import ScoreModel
 from lightning_score.nets.unet import small_unet
+from lightning_score.parameterization import Parameterization
 from lightning_score.registry import lookup
-from lightning_score.sde import SDE
 
 NetworkFactory = Callable[..., nn.Module]
 
@@ -31,18 +32,40 @@ def network_kwargs_error(name: str, kwargs: dict[str, Any]) -> str | None:
     params = inspect.signature(factory).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return None
-    accepted = [p for p in params if p not in ("data_shape", "sde")]
+    accepted = [p for p in params if p not in ("data_shape", "param")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         return f"model.kwargs has unknown keys {unknown} for network '{name}'; accepted: {accepted}"
     return None
 
 
-def build_network(name: str, data_shape: Sequence[int], sde: SDE, **kwargs: Any) -> nn.Module:
+#: the rows a network can be trained under (``score`` is for analytic scores, not networks)
+NETWORK_PARAMETERIZATIONS = ("auto", "ve", "vp", "edm")
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Check the ``model`` section: the network, its keyword arguments and its parameterization."""
+    require_choice(cfg.name, NETWORKS, "model.name")
+    problem = network_kwargs_error(cfg.name, dict(cfg.kwargs))
+    require(problem is None, str(problem))
+    require_choice(cfg.parameterization, set(NETWORK_PARAMETERIZATIONS), "model.parameterization")
+    require(cfg.sigma_data > 0, f"model.sigma_data must be > 0, got {cfg.sigma_data}")
+
+
+def build_network(
+    name: str, data_shape: Sequence[int], param: Parameterization, **kwargs: Any
+) -> nn.Module:
     problem = network_kwargs_error(name, kwargs)
     if problem:
         raise ValueError(problem)
-    return lookup(NETWORKS, name, "network")(tuple(data_shape), sde, **kwargs)
+    return lookup(NETWORKS, name, "network")(tuple(data_shape), param, **kwargs)
 
 
-__all__ = ["NETWORKS", "ScoreModel", "build_network", "network_kwargs_error"]
+__all__ = [
+    "NETWORKS",
+    "NETWORK_PARAMETERIZATIONS",
+    "ScoreModel",
+    "build_network",
+    "network_kwargs_error",
+    "validate_model_config",
+]

@@ -2,8 +2,8 @@
 
 Those repositories hold a VE NCSN++ converted to ``UNet2DModel`` (skip blocks, Fourier embedding
 of log sigma) and a ``ScoreSdeVeScheduler`` config with sigma_min / sigma_max / N. The UNet is
-called with sigma as its "timestep" and already divides its output by sigma, so the wrapper's
-output is the score. Data are in [0, 1] as for every VE model here (``center_input_sample`` in the
+called with sigma as its "timestep" and divides its output by sigma itself; ``DiffusersUNet`` undoes
+that, so the network returns F = sigma * score like every VE network here (Song's VE row). Data are in [0, 1] as for every VE model here (``center_input_sample`` in the
 UNet config maps them to [-1, 1] inside, like the official ``data.centered = False``).
 
 Both on-disk layouts load: the model repository layout (``config.json`` and
@@ -20,6 +20,7 @@ from diffusers import ScoreSdeVeScheduler, UNet2DModel
 
 from lightning_score.nets.score import ScoreModel
 from lightning_score.nets.unet import DiffusersUNet
+from lightning_score.parameterization import VEParameterization
 from lightning_score.sde import VESDE
 
 SCHEDULER_CLASS = "ScoreSdeVeScheduler"
@@ -106,4 +107,4 @@ def load_diffusers_score_model(
         sigma_max=float(values["sigma_max"]),
         N=int(values["N"]),
     )
-    return ScoreModel(DiffusersUNet(unet), sde).eval(), sde
+    return ScoreModel(DiffusersUNet(unet), VEParameterization(sde)).eval(), sde

@@ -1,276 +1,51 @@
 """NCSN++ and DDPM++ (Song et al. 2021, appendix H): one configurable network and its presets.
 
 Both architectures are the same U-Net with different knobs (the official code also builds DDPM++
-with its ``NCSNpp`` class): DDPM++ uses BigGAN residual blocks, no FIR filters, no progressive
-growing and positional time embeddings; NCSN++ adds the FIR filter, a progressive input pyramid and
-Gaussian Fourier features of log sigma. The presets reproduce the official parameter counts.
+with its ``NCSNpp`` class): DDPM++ uses BigGAN residual blocks, no FIR filters and no progressive
+growing; NCSN++ adds the FIR filter and a progressive input pyramid. The presets reproduce the
+official parameter counts.
 
 The module tree is ours (levels, named sub-blocks, 1x1 convolutions instead of the official
 ``NIN`` matrices, attention through ``scaled_dot_product_attention``), but every layer is created
 in the order of the official flat ``all_modules`` list and remembered in ``official_order``, so
-:func:`to_official_state_dict` / :func:`from_official_state_dict` map weights both ways.
+``nets/official_layout.py`` maps weights both ways.
 
-Call signature: ``net(x, cond)`` with ``cond`` = ``sde.network_condition(t)``: sigma(t) for VE
-(Fourier features of log sigma), (N - 1) t for VP / sub-VP (positional embedding).
+Call signature: ``net(x, c_noise) -> F``, the raw output; the parameterization gives ``c_noise``
+(ln sigma for Song's VE row, embedded with Fourier features; the DDPM timestep (N - 1) t for VP,
+positional) and turns F into a score.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_score.nets.fir import FIRConv2d, downsample_2d, fir_filter, upsample_2d
-from lightning_score.sde import SDE, VESDE
-
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-
-
-# -- initialization --------------------------------------------------------------------------
-def ddpm_init_(weight: Tensor, scale: float = 1.0) -> Tensor:
-    """DDPM's initializer: variance scaling, fan_avg, uniform. A scale of 0 means 1e-10.
-
-    Zero-scaled layers (last conv of each residual block, attention output) start each block
-    as the identity, which the paper's models rely on for stable early training.
-    """
-    scale = 1e-10 if scale == 0 else scale
-    receptive = weight[0, 0].numel() if weight.dim() > 2 else 1
-    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
-    bound = math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2))
-    with torch.no_grad():
-        return weight.uniform_(-bound, bound)
-
-
-def conv2d(in_ch: int, out_ch: int, kernel_size: int = 3, init_scale: float = 1.0) -> nn.Conv2d:
-    """A same-padded convolution with DDPM initialization and zero bias."""
-    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
-    ddpm_init_(conv.weight, init_scale)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
-def linear(in_dim: int, out_dim: int) -> nn.Linear:
-    layer = nn.Linear(in_dim, out_dim)
-    ddpm_init_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with min(C/4, 32) groups, eps 1e-6, as in the official code."""
-    return nn.GroupNorm(min(channels // 4, 32), channels, eps=1e-6)
-
-
-# -- noise-level embeddings ------------------------------------------------------------------
-class FourierEmbedding(nn.Module):
-    """Random Fourier features of log sigma, [sin(2 pi W log sigma), cos(...)] (Tancik et al. 2020).
-
-    ``W`` is a frozen parameter (not a buffer) as in the official model, so parameter counts and
-    state-dict keys match; it never trains.
-    """
-
-    def __init__(self, size: int, scale: float) -> None:
-        super().__init__()
-        self.W = nn.Parameter(torch.randn(size) * scale, requires_grad=False)
-
-    def forward(self, sigma: Tensor) -> Tensor:
-        # Same operation order as the official code, so converted checkpoints agree bit for bit.
-        # At least float32: sin/cos of arguments in the hundreds are meaningless in bf16.
-        dtype = torch.promote_types(sigma.dtype, torch.float32)
-        proj = torch.log(sigma.to(dtype))[:, None] * self.W.to(dtype)[None, :] * 2 * math.pi
-        return torch.cat([proj.sin(), proj.cos()], dim=1)
-
-
-def positional_embedding(timesteps: Tensor, dim: int, max_positions: int = 10000) -> Tensor:
-    """Transformer sinusoidal embedding of the (continuous) DDPM timestep (Ho et al. 2020)."""
-    half = dim // 2
-    freqs = torch.exp(
-        torch.arange(half, device=timesteps.device, dtype=torch.float32)
-        * (-math.log(max_positions) / (half - 1))
-    )
-    args = timesteps.float()[:, None] * freqs[None, :]
-    emb = torch.cat([args.sin(), args.cos()], dim=1)
-    return F.pad(emb, (0, dim % 2))
-
-
-# -- blocks ----------------------------------------------------------------------------------
-class ResBlock(nn.Module):
-    """Residual block, DDPM style or BigGAN style (the latter can resample), with time conditioning.
-
-    ``kind='ddpm'``: shortcut is a 1x1 projection when channels change (official ``NIN_0``).
-    ``kind='biggan'``: resamples both paths when ``up``/``down``; the shortcut is a 1x1 conv when
-    channels change or it resamples (official ``Conv_2``). ``skip_rescale`` divides the sum by
-    sqrt(2) (appendix H).
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        in_ch: int,
-        out_ch: int | None,
-        temb_dim: int,
-        dropout: float,
-        skip_rescale: bool,
-        init_scale: float,
-        up: bool = False,
-        down: bool = False,
-        fir: bool = False,
-        fir_kernel: Sequence[float] = (1, 3, 3, 1),
-    ) -> None:
-        super().__init__()
-        out_ch = out_ch or in_ch
-        self.norm0 = group_norm(in_ch)
-        self.conv0 = conv2d(in_ch, out_ch)
-        self.temb_proj = linear(temb_dim, out_ch)
-        self.norm1 = group_norm(out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv1 = conv2d(out_ch, out_ch, init_scale=init_scale)
-        self.official_names = {
-            "norm0": "GroupNorm_0",
-            "conv0": "Conv_0",
-            "temb_proj": "Dense_0",
-            "norm1": "GroupNorm_1",
-            "conv1": "Conv_1",
-        }
-        self.official_nin: set[str] = set()
-        self.shortcut: nn.Module | None = None
-        if kind == "ddpm" and in_ch != out_ch:
-            self.shortcut = conv2d(in_ch, out_ch, kernel_size=1, init_scale=0.1)
-            self.official_names["shortcut"] = "NIN_0"
-            self.official_nin.add("shortcut")
-        elif kind == "biggan" and (in_ch != out_ch or up or down):
-            self.shortcut = conv2d(in_ch, out_ch, kernel_size=1)
-            self.official_names["shortcut"] = "Conv_2"
-        self.up, self.down, self.fir = up, down, fir
-        self.skip_rescale = skip_rescale
-        if up or down:
-            self.register_buffer("fir_kernel", fir_filter(fir_kernel), persistent=False)
-
-    def _resample(self, x: Tensor) -> Tensor:
-        if self.up:
-            return (
-                upsample_2d(x, self.fir_kernel) if self.fir else F.interpolate(x, scale_factor=2.0)
-            )
-        if self.down:
-            return downsample_2d(x, self.fir_kernel) if self.fir else F.avg_pool2d(x, 2)
-        return x
-
-    def forward(self, x: Tensor, temb: Tensor | None) -> Tensor:
-        h = F.silu(self.norm0(x))
-        h = self.conv0(self._resample(h))
-        x = self._resample(x)
-        if temb is not None:
-            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv1(self.dropout(F.silu(self.norm1(h))))
-        if self.shortcut is not None:
-            x = self.shortcut(x)
-        return (x + h) * _INV_SQRT2 if self.skip_rescale else x + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all pixels (DDPM), through fused SDPA kernels."""
-
-    def __init__(self, channels: int, skip_rescale: bool, init_scale: float) -> None:
-        super().__init__()
-        self.norm = group_norm(channels)
-        self.q = conv2d(channels, channels, kernel_size=1, init_scale=0.1)
-        self.k = conv2d(channels, channels, kernel_size=1, init_scale=0.1)
-        self.v = conv2d(channels, channels, kernel_size=1, init_scale=0.1)
-        self.proj = conv2d(channels, channels, kernel_size=1, init_scale=init_scale)
-        self.skip_rescale = skip_rescale
-        self.official_names = {
-            "norm": "GroupNorm_0",
-            "q": "NIN_0",
-            "k": "NIN_1",
-            "v": "NIN_2",
-            "proj": "NIN_3",
-        }
-        self.official_nin = {"q", "k", "v", "proj"}
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, height, width = x.shape
-        h = self.norm(x)
-        # (B, C, H, W) -> (B, 1, HW, C): one head of width C; SDPA scales by C^-1/2.
-        q, k, v = (m(h).flatten(2).transpose(1, 2)[:, None] for m in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)[:, 0]
-        h = self.proj(h.transpose(1, 2).reshape(b, c, height, width))
-        return (x + h) * _INV_SQRT2 if self.skip_rescale else x + h
-
-
-class Resample(nn.Module):
-    """Up- or down-sampling by 2, optionally with a (possibly FIR-fused) 3x3 convolution.
-
-    Without ``fir``: nearest upsampling then conv, or a stride-2 conv on the bottom/right-padded
-    input ('SAME' padding as in TensorFlow) / 2x2 average pooling. With ``fir``: FIR resampling,
-    fused with the conv when ``with_conv``.
-    """
-
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int | None,
-        up: bool,
-        with_conv: bool,
-        fir: bool,
-        fir_kernel: Sequence[float],
-    ) -> None:
-        super().__init__()
-        out_ch = out_ch or in_ch
-        self.up, self.fir = up, fir
-        self.conv: nn.Module | None = None
-        if with_conv and fir:
-            self.conv = FIRConv2d(in_ch, out_ch, 3, up=up, down=not up, fir_kernel=fir_kernel)
-            ddpm_init_(self.conv.weight)
-            self.official_names = {"conv": "Conv2d_0"}
-        elif with_conv:
-            self.conv = conv2d(in_ch, out_ch)
-            if not up:
-                self.conv.padding = (0, 0)
-                self.conv.stride = (2, 2)
-            self.official_names = {"conv": "Conv_0"}
-        if fir and not with_conv:
-            self.register_buffer("fir_kernel", fir_filter(fir_kernel), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.fir:
-            if self.conv is not None:
-                return self.conv(x)
-            return upsample_2d(x, self.fir_kernel) if self.up else downsample_2d(x, self.fir_kernel)
-        if self.up:
-            x = F.interpolate(x, scale_factor=2.0)
-            return self.conv(x) if self.conv is not None else x
-        if self.conv is not None:
-            return self.conv(F.pad(x, (0, 1, 0, 1)))
-        return F.avg_pool2d(x, 2)
-
-
-class Combine(nn.Module):
-    """Merge the input pyramid into the feature map: 1x1 conv, then sum or concatenation."""
-
-    def __init__(self, in_ch: int, out_ch: int, method: str) -> None:
-        super().__init__()
-        self.conv = conv2d(in_ch, out_ch, kernel_size=1)
-        self.method = method
-        self.official_names = {"conv": "Conv_0"}
-
-    def forward(self, pyramid: Tensor, h: Tensor) -> Tensor:
-        p = self.conv(pyramid)
-        return torch.cat([p, h], dim=1) if self.method == "cat" else p + h
-
+from lightning_score.nets.layers import (
+    INV_SQRT2,
+    AttnBlock,
+    Combine,
+    FourierEmbedding,
+    Resample,
+    ResBlock,
+    conv2d,
+    group_norm,
+    linear,
+    positional_embedding,
+)
+from lightning_score.parameterization import Parameterization
 
 # -- configuration ---------------------------------------------------------------------------
 RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 COMBINE = ("sum", "cat")
-EMBEDDINGS = ("fourier", "positional")
+EMBEDDINGS = ("auto", "fourier", "positional")
 
 
 @dataclass(frozen=True)
@@ -279,8 +54,9 @@ class NCSNppConfig:
 
     ``center_input``: map [0, 1] inputs to [-1, 1] inside the network (the official
     ``not data.centered``); None takes it from the SDE (VE data is in [0, 1]).
-    ``scale_by_sigma``: divide the output by sigma (VE only), so the network outputs the score;
-    without it a VE network predicts sigma * score and ``ScoreModel`` divides by sigma.
+    ``embedding_type``: how ``c_noise`` is embedded; ``auto`` takes the parameterization's choice
+    (Fourier for Song's VE row, positional for VP and EDM), which is what the official VE and VP
+    configs of NCSN++ and DDPM++ use.
     """
 
     nf: int = 128
@@ -297,10 +73,9 @@ class NCSNppConfig:
     progressive: str = "none"
     progressive_input: str = "residual"
     progressive_combine: str = "sum"
-    embedding_type: str = "fourier"
+    embedding_type: str = "auto"
     fourier_scale: float = 16.0
     init_scale: float = 0.0
-    scale_by_sigma: bool = True
     center_input: bool | None = None
 
     def __post_init__(self) -> None:
@@ -330,8 +105,6 @@ _DDPMPP = dataclasses.replace(
     _NCSNPP,
     fir=False,
     progressive_input="none",
-    embedding_type="positional",
-    scale_by_sigma=False,
 )
 PRESETS["ncsnpp_cifar10"] = _NCSNPP  # 62,758,915 parameters
 PRESETS["ncsnpp_cifar10_deep"] = dataclasses.replace(_NCSNPP, num_res_blocks=8)  # 107,587,075
@@ -360,19 +133,22 @@ PRESETS["ddpmpp_tiny"] = dataclasses.replace(
 
 # -- the network -----------------------------------------------------------------------------
 class NCSNpp(nn.Module):
-    """The NCSN++ / DDPM++ U-Net, ``net(x, cond) -> Tensor`` (appendix H of Song et al. 2021).
+    """The NCSN++ / DDPM++ U-Net, ``net(x, c_noise) -> F`` (appendix H of Song et al. 2021).
 
-    ``output_divided_by_sigma`` is ``scale_by_sigma``: the score wrapper then takes the output as
-    the score instead of dividing by sigma again.
+    ``embedding`` is the resolved embedding type (``fourier`` or ``positional``).
     """
 
     def __init__(
-        self, cfg: NCSNppConfig, in_channels: int, resolution: int, center_input: bool
+        self,
+        cfg: NCSNppConfig,
+        in_channels: int,
+        resolution: int,
+        center_input: bool,
+        embedding: str,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.center_input = center_input
-        self.output_divided_by_sigma = cfg.scale_by_sigma
         self.num_levels = len(cfg.ch_mult)
         # The layers of the official flat ``all_modules`` list, in its order (see official_key_map).
         self.official_order: list[nn.Module] = []
@@ -423,7 +199,7 @@ class NCSNpp(nn.Module):
         # Noise-level embedding and its MLP (slots 0-2 of the official list).
         self.embed: FourierEmbedding | None = None
         embed_dim = nf
-        if cfg.embedding_type == "fourier":
+        if embedding == "fourier":
             self.embed = FourierEmbedding(nf, cfg.fourier_scale)
             order(self.embed)
             embed_dim = 2 * nf
@@ -508,10 +284,11 @@ class NCSNpp(nn.Module):
     def _transition(layer: nn.Module, h: Tensor, temb: Tensor | None) -> Tensor:
         return layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         cfg = self.cfg
-        # VE: cond is sigma (Fourier features of log sigma); VP: the DDPM timestep (N - 1) t.
-        emb = self.embed(cond) if self.embed is not None else positional_embedding(cond, cfg.nf)
+        emb = (
+            self.embed(c_noise) if self.embed is not None else positional_embedding(c_noise, cfg.nf)
+        )
         temb = None
         if self.temb_mlp is not None:
             temb = self.temb_mlp(emb.to(self.temb_mlp[0].weight.dtype))
@@ -534,7 +311,7 @@ class NCSNpp(nn.Module):
                     h = level.combine(pyramid, h)
                 elif cfg.progressive_input == "residual":
                     pyramid = level.pyramid_down(pyramid)
-                    pyramid = (pyramid + h) * _INV_SQRT2 if cfg.skip_rescale else pyramid + h
+                    pyramid = (pyramid + h) * INV_SQRT2 if cfg.skip_rescale else pyramid + h
                     h = pyramid
                 skips.append(h)
 
@@ -556,20 +333,20 @@ class NCSNpp(nn.Module):
                     pyramid = level.pyramid_out(h)
                 else:
                     pyramid = level.pyramid_up(pyramid)
-                    pyramid = (pyramid + h) * _INV_SQRT2 if cfg.skip_rescale else pyramid + h
+                    pyramid = (pyramid + h) * INV_SQRT2 if cfg.skip_rescale else pyramid + h
                     h = pyramid
             if hasattr(level, "upsample"):
                 h = self._transition(level.upsample, h, temb)
 
-        h = pyramid if self.out is None else self.out(h)
-        if cfg.scale_by_sigma:
-            h = h / cond.to(h.dtype).reshape(-1, *([1] * (h.dim() - 1)))
-        return h
+        return pyramid if self.out is None else self.out(h)
 
 
 # -- factories -------------------------------------------------------------------------------
-def build_ncsnpp(preset: str, data_shape: Sequence[int], sde: SDE, **overrides: Any) -> NCSNpp:
-    """Build ``preset`` for images of ``data_shape`` (C, H, W); ``overrides`` replace its knobs."""
+def build_ncsnpp(
+    preset: str, data_shape: Sequence[int], param: Parameterization, **overrides: Any
+) -> NCSNpp:
+    """Build ``preset`` for images of ``data_shape`` (C, H, W) trained under ``param``;
+    ``overrides`` replace its knobs."""
     if preset not in PRESETS:
         raise ValueError(
             f"unknown NCSN++ preset '{preset}'; valid presets: {', '.join(sorted(PRESETS))}"
@@ -592,25 +369,26 @@ def build_ncsnpp(preset: str, data_shape: Sequence[int], sde: SDE, **overrides: 
             f"NCSN++ needs square images with a side divisible by 2^(len(ch_mult) - 1) = "
             f"{2 ** (levels - 1)}, got {height}x{width}"
         )
-    if cfg.scale_by_sigma and not isinstance(sde, VESDE):
+    embedding = param.embedding if cfg.embedding_type == "auto" else cfg.embedding_type
+    if embedding not in ("fourier", "positional"):
         raise ValueError(
-            f"scale_by_sigma divides the output by sigma, which only VE networks receive; "
-            f"set model.kwargs.scale_by_sigma=false for {type(sde).__name__}"
+            f"parameterization '{param.name}' has no noise embedding for a network; "
+            "set model.kwargs.embedding_type=fourier or positional"
         )
-    center = (not sde.centered) if cfg.center_input is None else cfg.center_input
-    return NCSNpp(cfg, c, height, center)
+    center = (not param.sde.centered) if cfg.center_input is None else cfg.center_input
+    return NCSNpp(cfg, c, height, center, embedding)
 
 
 def _preset_factory(preset: str) -> Callable[..., NCSNpp]:
-    def factory(data_shape: Sequence[int], sde: SDE, **overrides: Any) -> NCSNpp:
-        return build_ncsnpp(preset, data_shape, sde, **overrides)
+    def factory(data_shape: Sequence[int], param: Parameterization, **overrides: Any) -> NCSNpp:
+        return build_ncsnpp(preset, data_shape, param, **overrides)
 
     factory.__name__ = factory.__qualname__ = preset
     factory.__doc__ = f"NCSN++ family preset '{preset}'; keyword arguments override its knobs."
     # An explicit signature lets the registry check config keys against the real knob names.
     fixed = [
         inspect.Parameter("data_shape", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("sde", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("param", inspect.Parameter.POSITIONAL_OR_KEYWORD),
     ]
     knobs = [
         inspect.Parameter(
@@ -625,86 +403,3 @@ def _preset_factory(preset: str) -> Callable[..., NCSNpp]:
 NCSNPP_FACTORIES: dict[str, Callable[..., NCSNpp]] = {
     name: _preset_factory(name) for name in PRESETS
 }
-
-
-# -- official state-dict layout --------------------------------------------------------------
-def official_key_map(net: NCSNpp) -> dict[str, tuple[str, bool]]:
-    """Our state-dict key -> (official key without ``module.``, whether it is a NIN weight/bias).
-
-    Blocks whose children are named differently from the official ones carry
-    ``official_names`` (our child -> official child) and ``official_nin`` (children that are
-    official ``NIN`` layers: an (in, out) matrix ``W`` and a bias ``b``, held here as 1x1
-    convolutions). Keys come out in the official registration order (``model.parameters()``).
-    """
-    paths = {id(m): name for name, m in net.named_modules()}
-    mapping: dict[str, tuple[str, bool]] = {}
-    for slot, module in enumerate(net.official_order):
-        ours = paths[id(module)]
-        names = getattr(module, "official_names", {})
-        nin = getattr(module, "official_nin", set())
-        for local in module.state_dict():
-            child, _, param = local.rpartition(".")
-            if child in nin:
-                official = f"{names[child]}.{'W' if param == 'weight' else 'b'}"
-            elif child:
-                official = f"{names.get(child, child)}.{param}"
-            else:
-                official = param
-            mapping[f"{ours}.{local}"] = (f"all_modules.{slot}.{official}", child in nin)
-    return mapping
-
-
-def to_official_state_dict(net: NCSNpp, prefix: str = "module.") -> dict[str, Tensor]:
-    """Our weights in score_sde_pytorch's layout (``prefix`` is DataParallel's ``module.``)."""
-    ours = net.state_dict()
-    out: dict[str, Tensor] = {}
-    for key, (official, nin) in official_key_map(net).items():
-        value = ours[key]
-        if nin and value.dim() == 4:  # 1x1 conv weight (out, in, 1, 1) -> NIN W (in, out)
-            value = value[:, :, 0, 0].t().contiguous()
-        out[prefix + official] = value
-    return out
-
-
-def from_official_state_dict(net: NCSNpp, official: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Map an official ``model`` state dict (with or without ``module.``) onto ``net``'s keys.
-
-    Raises a ValueError that lists missing, unexpected and wrongly shaped keys, so a checkpoint
-    built for another config fails with the keys that differ.
-    """
-    stripped = {k.removeprefix("module."): v for k, v in official.items()}
-    stripped.pop("sigmas", None)  # the official SMLD noise table buffer; our SDE owns the schedule
-    ours = net.state_dict()
-    result: dict[str, Tensor] = {}
-    missing, mismatched = [], []
-    for key, (off_key, nin) in official_key_map(net).items():
-        if off_key not in stripped:
-            missing.append(off_key)
-            continue
-        value = stripped.pop(off_key)
-        if nin and value.dim() == 2:
-            value = value.t()[:, :, None, None]
-        if tuple(value.shape) != tuple(ours[key].shape):
-            expected = tuple(ours[key].shape)
-            if nin and len(expected) == 4:
-                expected = (expected[1], expected[0])
-                got = tuple(value.shape[:2][::-1])
-            else:
-                got = tuple(value.shape)
-            mismatched.append(f"{off_key}: checkpoint {got} vs model {expected}")
-            continue
-        result[key] = value.to(ours[key].dtype)
-    unexpected = sorted(stripped)
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:20]))
-        if missing:
-            parts.append(f"{len(missing)} keys missing from the checkpoint: {missing[:20]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys in the checkpoint: {unexpected[:20]}")
-        raise ValueError(
-            "the checkpoint does not fit this network configuration (wrong preset or overrides?): "
-            + " | ".join(parts)
-        )
-    return result

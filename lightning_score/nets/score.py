@@ -1,37 +1,47 @@
-"""Turn a noise-conditional network into ``score_fn(x, t)``, asking the SDE for the schedule.
+"""Turn a noise-conditional network into ``score_fn(x, t)`` through a parameterization.
 
-Every network in ``nets/`` has the signature ``net(x, cond) -> Tensor`` where ``cond`` (shape (B,))
-is ``sde.network_condition(t)``: sigma(t) for VE, (N - 1) t for VP and sub-VP. This module is the
-only place that knows how the network output maps to a score:
-
-* VE (``centered = False``): the network predicts ``sigma * score``; score = out / sigma, unless the
-  network already divides by sigma itself (``net.output_divided_by_sigma``, as diffusers'
-  Fourier-embedding UNet2DModel does).
-* VP / sub-VP: the network predicts the noise epsilon; score = -out / std(t).
+Every network in ``nets/`` has the signature ``net(x, c_noise) -> F`` and knows nothing about
+SDEs: the :class:`~lightning_score.parameterization.Parameterization` scales its input (c_in), gives
+its conditioning (c_noise) and maps its raw output F to a denoiser and a score.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
-from lightning_score.sde import SDE, VESDE, batch_broadcast
+from lightning_score.parameterization import Parameterization, ScoreParameterization
+from lightning_score.sde import SDE, ScoreFn, batch_broadcast
 
 
 class ScoreModel(nn.Module):
-    """A network plus the SDE that gives its time conditioning and output scaling."""
+    """A network plus the parameterization (and through it the SDE) it was trained under."""
 
-    def __init__(self, net: nn.Module, sde: SDE) -> None:
+    def __init__(
+        self, net: nn.Module | Callable[[Tensor, Tensor], Tensor], param: Parameterization
+    ):
         super().__init__()
         self.net = net
-        self.sde = sde
+        self.param = param
+
+    @property
+    def sde(self) -> SDE:
+        return self.param.sde
+
+    @classmethod
+    def from_score_fn(cls, score_fn: ScoreFn, sde: SDE) -> ScoreModel:
+        """An analytic ``score_fn(x, t)`` as a model (the ``score`` row: F is the score)."""
+        return cls(score_fn, ScoreParameterization(sde))
+
+    def network(self, x: Tensor, t: Tensor) -> Tensor:
+        """The raw output F(c_in x, c_noise) that training regresses onto the row's target."""
+        return self.net(batch_broadcast(self.param.c_in(t), x) * x, self.param.c_noise(t))
+
+    def denoise(self, x: Tensor, t: Tensor) -> Tensor:
+        """D(x, t), the estimate of x_0 (EDM's denoiser)."""
+        return self.param.denoise(x, t, self.network(x, t))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """The score s_theta(x, t) = grad_x log p_t(x)."""
-        cond = self.sde.network_condition(t)
-        out = self.net(x, cond)
-        if isinstance(self.sde, VESDE):
-            if getattr(self.net, "output_divided_by_sigma", False):
-                return out
-            return out / batch_broadcast(cond, out)
-        std = self.sde.std(t)
-        return -out / batch_broadcast(std, out)
+        return self.param.score(x, t, self.network(x, t))

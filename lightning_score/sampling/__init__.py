@@ -12,25 +12,27 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lightning_score.config import SamplingConfig
+from lightning_score.config import ConfigError, SamplingConfig, require
 from lightning_score.registry import lookup
 from lightning_score.sampling.base import CountingScore, SampleResult
 from lightning_score.sampling.correctors import CORRECTORS, corrector_unsupported
 from lightning_score.sampling.ode import (
     ODE_METHODS,
+    edm_sampler,
     fixed_step_sampler,
     ode_decode,
     ode_encode,
     ode_sampler,
     ode_solve,
     solve_dpmpp_2m,
+    solve_edm_stochastic,
     solve_euler,
     solve_heun,
     tweedie_denoise,
 )
 from lightning_score.sampling.pc import pc_sampler
 from lightning_score.sampling.predictors import PREDICTORS, predictor_unsupported
-from lightning_score.sampling.schedules import SCHEDULES, time_grid
+from lightning_score.sampling.schedules import AUTO, SCHEDULES, time_grid
 from lightning_score.sampling.seeding import batch_seed, make_generator
 from lightning_score.sde import SDE, ScoreFn
 
@@ -42,52 +44,71 @@ SAMPLERS: dict[str, Sampler] = {
     "euler": fixed_step_sampler(solve_euler),
     "heun": fixed_step_sampler(solve_heun),
     "dpmpp_2m": fixed_step_sampler(solve_dpmpp_2m),
+    "edm": edm_sampler,
 }
 
 
+def _named(table: dict, name: str, what: str) -> None:
+    try:
+        lookup(table, name, what)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_sampling(sde: SDE, cfg: SamplingConfig) -> None:
-    """Raise ValueError with the reason when ``cfg`` cannot sample from ``sde``."""
-    lookup(SAMPLERS, cfg.sampler, "sampler")
-    lookup(PREDICTORS, cfg.predictor, "predictor")
-    lookup(CORRECTORS, cfg.corrector, "corrector")
-    lookup(SCHEDULES, cfg.schedule, "time schedule")
-    if cfg.steps <= 0:
-        raise ValueError(f"sampling steps must be a positive integer, got {cfg.steps}")
-    if cfg.snr <= 0:
-        raise ValueError(
-            f"sampling snr must be > 0 (it sets the Langevin step size), got {cfg.snr}"
-        )
-    if cfg.corrector != "none" and cfg.corrector_steps <= 0:
-        raise ValueError(
-            f"corrector_steps must be >= 1 with corrector '{cfg.corrector}', got {cfg.corrector_steps}"
-        )
+    """Raise a ConfigError naming the ``sampling.*`` key when ``cfg`` cannot sample from ``sde``;
+    the one check of a sampling config, at config load and before every sampling run."""
+    _named(SAMPLERS, cfg.sampler, "sampling.sampler")
+    _named(PREDICTORS, cfg.predictor, "sampling.predictor")
+    _named(CORRECTORS, cfg.corrector, "sampling.corrector")
+    if cfg.schedule != AUTO:
+        _named(SCHEDULES, cfg.schedule, "sampling.schedule")
+    require(cfg.steps > 0, f"sampling.steps must be a positive integer, got {cfg.steps}")
+    require(
+        cfg.snr > 0, f"sampling.snr must be > 0 (it sets the Langevin step size), got {cfg.snr}"
+    )
+    require(
+        cfg.corrector == "none" or cfg.corrector_steps > 0,
+        f"sampling.corrector_steps must be >= 1 with corrector '{cfg.corrector}', "
+        f"got {cfg.corrector_steps}",
+    )
     eps = sde.default_eps if cfg.eps is None else cfg.eps
-    if not 0 < eps < sde.T:
-        raise ValueError(f"sampling eps must lie in (0, T={sde.T}), got {eps}")
-    if cfg.rho <= 0:
-        raise ValueError(f"the EDM schedule needs rho > 0, got {cfg.rho}")
+    require(0 < eps < sde.T, f"sampling.eps must lie in (0, T={sde.T:g}), got {eps}")
+    require(cfg.rho > 0, f"sampling.rho (the EDM schedule's) must be > 0, got {cfg.rho}")
+    require(cfg.s_churn >= 0, f"sampling.s_churn must be >= 0, got {cfg.s_churn}")
+    require(cfg.s_noise > 0, f"sampling.s_noise must be > 0, got {cfg.s_noise}")
+    require(
+        0 <= cfg.s_tmin <= cfg.s_tmax,
+        f"sampling.s_tmin ({cfg.s_tmin}) must lie in [0, sampling.s_tmax ({cfg.s_tmax})]",
+    )
     if cfg.sampler == "ode":
-        if cfg.method not in ODE_METHODS:
-            raise ValueError(
-                f"ode method '{cfg.method}' is not an adaptive torchdiffeq method; choose one of: {', '.join(ODE_METHODS)}"
-            )
-        if cfg.rtol <= 0 or cfg.atol <= 0:
-            raise ValueError(f"ode tolerances must be > 0, got rtol={cfg.rtol}, atol={cfg.atol}")
+        require(
+            cfg.method in ODE_METHODS,
+            f"sampling.method '{cfg.method}' is not an adaptive torchdiffeq method; choose one "
+            f"of: {', '.join(ODE_METHODS)}",
+        )
+        require(
+            cfg.rtol > 0 and cfg.atol > 0,
+            f"sampling.rtol and sampling.atol (ode tolerances) must be > 0, got rtol={cfg.rtol}, "
+            f"atol={cfg.atol}",
+        )
     if cfg.sampler == "pc":
-        if cfg.predictor == "none" and cfg.corrector == "none":
-            raise ValueError(
-                "predictor 'none' with corrector 'none' never moves the prior samples; pick one"
-            )
+        require(
+            not (cfg.predictor == "none" and cfg.corrector == "none"),
+            "sampling.predictor 'none' with sampling.corrector 'none' never moves the prior "
+            "samples; pick one",
+        )
         for reason in (
             predictor_unsupported(cfg.predictor, sde),
             corrector_unsupported(cfg.corrector, sde),
         ):
-            if reason:
-                raise ValueError(reason)
-    elif cfg.corrector != "none":
-        raise ValueError(
-            f"corrector '{cfg.corrector}' is an MCMC step of the 'pc' sampler; sampler "
-            f"'{cfg.sampler}' integrates the probability-flow ODE and cannot use it: set corrector=none"
+            require(reason is None, str(reason))
+    else:
+        require(
+            cfg.corrector == "none",
+            f"sampling.corrector '{cfg.corrector}' is an MCMC step of the 'pc' sampler; sampler "
+            f"'{cfg.sampler}' integrates the probability-flow ODE and cannot use it: set "
+            "sampling.corrector=none",
         )
 
 
@@ -149,6 +170,7 @@ __all__ = [
     "ode_solve",
     "sample",
     "solve_dpmpp_2m",
+    "solve_edm_stochastic",
     "solve_euler",
     "solve_heun",
     "time_grid",

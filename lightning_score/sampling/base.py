@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_score.sde import SDE, VESDE, VPSDE, ScoreFn
+from lightning_score.sde import SDE, ScoreFn
 
 
 @dataclass
@@ -45,13 +45,14 @@ def linear_sde_reason(sde: SDE, what: str) -> str | None:
     """Why ``what`` cannot run on ``sde``, or None.
 
     The chain-based predictors and the correctors derive a discrete step from the perturbation
-    kernel x_t = alpha(t) x_0 + std(t) z, which exists for linear SDEs (VE, VP, sub-VP) only.
+    kernel x_t = alpha(t) x_0 + std(t) z, which exists for linear SDEs only (every SDE of
+    ``lightning_score.sde``; a user's SDE says so with ``linear``).
     """
-    if isinstance(sde, (VESDE, VPSDE)):
+    if sde.linear:
         return None
     return (
         f"{what} derives its step from the Gaussian kernel x_t = alpha(t) x_0 + std(t) z of a linear "
-        f"SDE (VESDE, VPSDE, SubVPSDE); {type(sde).__name__} is not one"
+        f"SDE; {type(sde).__name__} is not linear"
     )
 
 
@@ -70,7 +71,7 @@ def chain_step(sde: SDE, t: float, s: float, like: Tensor) -> tuple[Tensor, Tens
     a = alpha(t) / alpha(s) and G^2 = std(t)^2 - a^2 std(s)^2 (variances of a linear SDE add).
     On the N-point grid this is SMLD's chain for VE (eq. 8) and DDPM's for VP with
     beta_i = 1 - a^2 (eq. 10); for sub-VP it is the exact transition of the SDE. Deriving it from
-    the sampler's own grid (not ``sde.discretize``'s N) keeps few-step samplers consistent.
+    the sampler's own grid (not from a fixed N) keeps few-step samplers consistent.
     Returns (a, G^2, std(t), std(s)).
     """
     alpha_t, std_t = kernel(sde, t, like)

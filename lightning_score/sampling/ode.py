@@ -9,6 +9,7 @@ point mass and far more accurate per NFE than Euler in (x, t), which is what 10-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,13 @@ from torchdiffeq import odeint
 from tqdm.auto import tqdm, trange
 
 from lightning_score.config import SamplingConfig
-from lightning_score.sampling.base import CountingScore, SampleResult, batch_time, kernel
+from lightning_score.sampling.base import (
+    CountingScore,
+    SampleResult,
+    batch_time,
+    kernel,
+    noise_like,
+)
 from lightning_score.sampling.schedules import time_grid
 from lightning_score.sde import SDE, ScoreFn
 
@@ -228,6 +235,72 @@ def solve_dpmpp_2m(
         x = sigmas[i + 1] / sigmas[i] * x - torch.expm1(-h) * d_hat
         previous = denoised
     return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
+
+
+def solve_edm_stochastic(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    ts: list[float],
+    *,
+    churn: float,
+    t_min: float,
+    t_max: float,
+    noise: float,
+    generator: torch.Generator | None,
+    denoise: bool = True,
+    progress: bool = False,
+) -> Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, Alg. 2) along ``ts``: before each Heun step,
+    noise is added to raise sigma_i by gamma_i = min(churn / N, sqrt(2) - 1) when sigma_i lies in
+    [t_min, t_max] ("churn"); with churn = 0 it is :func:`solve_heun`. N counts EDM's steps: ours
+    plus the final one to sigma = 0, which is ``denoise``."""
+    alphas, sigmas = _edm_grid(sde, ts, x)
+    gamma_max = min(churn / len(ts), math.sqrt(2) - 1)
+    x = x / alphas[0]
+    for i in trange(len(ts) - 1, disable=not progress, desc="edm"):
+        t_hat, alpha_hat, sigma_hat = ts[i], alphas[i], sigmas[i]
+        if gamma_max > 0 and t_min <= float(sigmas[i]) <= t_max:
+            sigma_hat = sigmas[i] * (1 + gamma_max)  # Alg. 2 l. 5
+            t_hat = float(sde.time_of_sigma(sigma_hat.double().reshape(1)))
+            alpha_hat = kernel(sde, t_hat, x)[0]
+            bump = (sigma_hat**2 - sigmas[i] ** 2).sqrt() * noise  # l. 6
+            x = x + bump * noise_like(x, generator)
+        h = sigmas[i + 1] - sigma_hat
+        d = (x - _denoiser(score_fn, x, t_hat, alpha_hat, sigma_hat)) / sigma_hat  # l. 7
+        x_next = x + h * d  # l. 8
+        denoised = _denoiser(score_fn, x_next, ts[i + 1], alphas[i + 1], sigmas[i + 1])
+        x = x + h * (d + (x_next - denoised) / sigmas[i + 1]) / 2  # l. 10-11
+    return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
+
+
+def edm_sampler(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: tuple[int, ...],
+    cfg: SamplingConfig,
+    *,
+    eps: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    progress: bool,
+) -> Tensor:
+    """A SAMPLERS entry: prior draw, then EDM's stochastic sampler with the configured churn."""
+    x = sde.prior_sampling(shape, generator=generator, device=device)
+    ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho)
+    return solve_edm_stochastic(
+        score_fn,
+        sde,
+        x,
+        ts,
+        churn=cfg.s_churn,
+        t_min=cfg.s_tmin,
+        t_max=cfg.s_tmax,
+        noise=cfg.s_noise,
+        generator=generator,
+        denoise=cfg.denoise,
+        progress=progress,
+    )
 
 
 FixedStepSolver = Callable[..., Tensor]

@@ -18,7 +18,7 @@ from lightning_score.sampling.base import (
     linear_sde_reason,
     noise_like,
 )
-from lightning_score.sde import SDE, VPSDE, ScoreFn, SubVPSDE, batch_broadcast
+from lightning_score.sde import SDE, ScoreFn, batch_broadcast
 
 Predictor = Callable[
     [SDE, ScoreFn, Tensor, float, float, torch.Generator | None], tuple[Tensor, Tensor]
@@ -67,16 +67,15 @@ def ancestral_sampling(
 
     VE: x_s = x_t + (sigma_t^2 - sigma_s^2) s + sqrt(sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2) z
     (eq. 47). VP: x_s = (x_t + beta s) / sqrt(1 - beta) + sqrt(beta) z, DDPM's sampler with variance
-    beta (App. F), the paper's choice. Sub-VP, absent from the paper, uses the exact posterior
-    variance G^2 std_s^2 / std_t^2, as VE does.
+    beta (App. F), the paper's choice (``sde.ancestral_uses_forward_variance``). Sub-VP and EDM,
+    absent from the paper, use the exact posterior variance G^2 std_s^2 / std_t^2, as VE does.
     """
     a, g2, std_t, std_s = chain_step(sde, t, t_next, x)
     alpha_t, _ = kernel(sde, t, x)
     alpha_s = alpha_t / a
     x0_hat = (x + std_t**2 * score_fn(x, batch_time(t, x))) / alpha_t
     x_mean = alpha_s * g2 / std_t**2 * x0_hat + a * std_s**2 / std_t**2 * x
-    is_vp = isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE)
-    variance = g2 if is_vp else g2 * std_s**2 / std_t**2
+    variance = g2 if sde.ancestral_uses_forward_variance else g2 * std_s**2 / std_t**2
     return x_mean + variance.sqrt() * noise_like(x, generator), x_mean
 
 

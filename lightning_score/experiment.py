@@ -1,0 +1,82 @@
+"""From a config to ready objects: loading with every section checked by its owner, and the
+builders of the SDE, the parameterization and the score model.
+
+``config.py`` knows the schema and nothing else; each part of the package checks its own section
+(``validate_sde_config``, ``validate_model_config``, ``validate_loss_config``,
+``validate_data_config``, ``check_sampling``), and this module runs them all at load, before any
+data is read, so a bad value fails with one line that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning_score.config import (
+    ExperimentConfig,
+    check_run_sections,
+    config_from_dict,
+    overlay,
+    read_config,
+)
+from lightning_score.data import data_shape, validate_data_config
+from lightning_score.losses import validate_loss_config
+from lightning_score.nets import ScoreModel, build_network, validate_model_config
+from lightning_score.parameterization import Parameterization, build_parameterization
+from lightning_score.sampling import check_sampling
+from lightning_score.sde import build_sde, validate_sde_config
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Every section's checks (filling in the defaults a section leaves open); returns ``cfg``."""
+    validate_sde_config(cfg.sde)
+    sde = build_sde(cfg.sde)
+    validate_model_config(cfg.model)
+    if cfg.model.parameterization == "auto":  # the saved config names the row that runs
+        cfg.model.parameterization = sde.default_parameterization
+    validate_loss_config(cfg.loss, sde)
+    validate_data_config(cfg.data)
+    check_sampling(sde, cfg.sampling)
+    check_run_sections(cfg)
+    return cfg
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Schema defaults <- YAML at ``path`` (and its ``base:`` files) <- ``key=value``; checked."""
+    return validate(read_config(path, overrides))
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """``cfg`` (e.g. a checkpoint's) with ``key=value`` overrides applied, checked."""
+    return validate(overlay(cfg, overrides))
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """A checked config from its plain-dict form (e.g. a checkpoint's ``hyper_parameters``)."""
+    return validate(config_from_dict(data))
+
+
+def build_param(cfg: ExperimentConfig) -> Parameterization:
+    """The parameterization (and through it the SDE) of a checked config."""
+    return build_parameterization(
+        cfg.model.parameterization, build_sde(cfg.sde), cfg.model.sigma_data
+    )
+
+
+def build_score_model(cfg: ExperimentConfig) -> ScoreModel:
+    """The untrained score model of a checked config: network plus parameterization."""
+    param = build_param(cfg)
+    net = build_network(cfg.model.name, data_shape(cfg.data), param, **cfg.model.kwargs)
+    return ScoreModel(net, param)
+
+
+__all__ = [
+    "build_param",
+    "build_score_model",
+    "from_dict",
+    "load_config",
+    "validate",
+    "with_overrides",
+]
