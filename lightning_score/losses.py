@@ -129,9 +129,10 @@ def dsm_loss(
     z = torch.randn_like(x0) if noise is None else noise
     mean, std = param.sde.marginal_prob(x0, t)
     x_t = mean + batch_broadcast(std, x0) * z
-    error = (model.network(x_t, t) - param.target(x0, z, t)).flatten(1).float()
+    error = (model.network(x_t, t) - param.target(x0, z, t)).flatten(1)
+    error = error.to(torch.promote_types(error.dtype, torch.float32))  # bf16 outputs: sum in fp32
     weight = WEIGHTINGS[weighting](param, t) * param.score_scale(t) ** 2
-    return REDUCTIONS[reduce](error.pow(2)) * weight.float() * times.importance
+    return REDUCTIONS[reduce](error.pow(2)) * weight.to(error.dtype) * times.importance
 
 
 def validate_loss_config(cfg: LossConfig, sde: SDE) -> None:

@@ -51,8 +51,9 @@ class SDE(abc.ABC):
     default_eps: float
     #: the parameterization (``lightning_score.parameterization``) trained with this SDE by default.
     default_parameterization: str
-    #: the fixed-step time grid few-step samplers use by default (``sampling.schedule=auto``).
-    default_schedule: str = "edm"
+    #: few-step solvers hand over to the final denoising step once sigma(t) falls to this level
+    #: (when ``sampling.eps`` is left to the SDE): below it a step changes nothing they can use.
+    few_step_sigma_min: float = 0.0
     #: DDPM's ancestral step uses the forward variance beta_i (the paper's VP choice) rather than
     #: the exact posterior variance.
     ancestral_uses_forward_variance: bool = False
@@ -287,6 +288,9 @@ class SubVPSDE(VPSDE):
     """Sub-VP SDE (eq. 34): same drift as VP, diffusion g^2 = beta (1 - e^{-2B})."""
 
     ancestral_uses_forward_variance = False
+    # sigma(1e-3) is 1e-4 here, a hundred times below the VP and VE end points (0.01): a
+    # log-sigma grid down to it spends a third of its steps where nothing changes.
+    few_step_sigma_min = 0.01
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         beta_t = self.beta(t)

@@ -38,9 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     preset = parser.add_argument_group("network preset instead of an official config")
     preset.add_argument("--image-size", type=int, help="image side in pixels")
     preset.add_argument("--channels", type=int, default=3, help="image channels (default 3)")
-    preset.add_argument("--sde", choices=["vesde", "vpsde", "subvpsde"], help="SDE of the model")
-    preset.add_argument("--sigma-min", type=float, default=0.01, help="VE sigma_min")
-    preset.add_argument("--sigma-max", type=float, default=50.0, help="VE sigma_max")
+    preset.add_argument(
+        "--sde", choices=["vesde", "vpsde", "subvpsde", "edm"], help="SDE of the model"
+    )
+    preset.add_argument(
+        "--sigma-min", type=float, default=None, help="VE / EDM sigma_min (default: the SDE's)"
+    )
+    preset.add_argument(
+        "--sigma-max", type=float, default=None, help="VE / EDM sigma_max (default: the SDE's)"
+    )
     preset.add_argument("--beta-min", type=float, default=0.1, help="VP / sub-VP beta_min")
     preset.add_argument("--beta-max", type=float, default=20.0, help="VP / sub-VP beta_max")
     preset.add_argument("--num-scales", type=int, default=1000, help="the SDE's N")
@@ -50,11 +56,9 @@ def sde_overrides(args: argparse.Namespace) -> list[str]:
     """The ``sde.*`` overrides a preset conversion names on the command line."""
     if args.sde is None:
         return []
-    ranges = (
-        [f"sde.sigma_min={args.sigma_min}", f"sde.sigma_max={args.sigma_max}"]
-        if args.sde == "vesde"
-        else [f"sde.beta_min={args.beta_min}", f"sde.beta_max={args.beta_max}"]
-    )
+    given = {"sigma_min": args.sigma_min, "sigma_max": args.sigma_max}
+    ranges = [f"sde.{k}={v}" for k, v in given.items() if v is not None]
+    ranges += [f"sde.beta_min={args.beta_min}", f"sde.beta_max={args.beta_max}"]
     return [f"sde.name={args.sde}", *ranges, f"sde.N={args.num_scales}"]
 
 

@@ -29,7 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--num", type=int, default=None, help="first N points (default: all)")
     parser.add_argument("--trace", choices=TRACE_ESTIMATORS, default="rademacher")
-    parser.add_argument("--eps", type=float, default=1e-5, help="integrate the ODE from eps to T")
+    parser.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="integrate the ODE from eps to T (default: the smallest training time, loss.eps: "
+        "1e-5 for the paper's SDEs as officially, 0.002 for EDM)",
+    )
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--atol", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         images=dm.is_image,
         trace=args.trace,
         generator=torch.Generator(device=device).manual_seed(args.seed),
-        eps=args.eps,
+        eps=exp.loss.eps if args.eps is None else args.eps,
         rtol=args.rtol,
         atol=args.atol,
     )

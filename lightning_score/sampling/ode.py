@@ -237,6 +237,16 @@ def solve_dpmpp_2m(
     return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
 
 
+def few_step_grid(sde: SDE, cfg: SamplingConfig, eps: float) -> list[float]:
+    """The few-step solvers' grid: ``cfg.schedule`` (``auto``: uniform in log sigma) from T down
+    to ``eps``, or, when ``sampling.eps`` is the SDE's default, down to where sigma reaches
+    ``sde.few_step_sigma_min``; the final denoising step takes it from there to sigma = 0."""
+    if cfg.eps is None and sde.few_step_sigma_min > 0:
+        floor = torch.tensor([sde.few_step_sigma_min], dtype=torch.float64)
+        eps = min(max(eps, float(sde.time_of_sigma(floor))), sde.T / 2)
+    return time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho)
+
+
 def solve_edm_stochastic(
     score_fn: ScoreFn,
     sde: SDE,
@@ -287,7 +297,7 @@ def edm_sampler(
 ) -> Tensor:
     """A SAMPLERS entry: prior draw, then EDM's stochastic sampler with the configured churn."""
     x = sde.prior_sampling(shape, generator=generator, device=device)
-    ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho)
+    ts = few_step_grid(sde, cfg, eps)
     return solve_edm_stochastic(
         score_fn,
         sde,
@@ -321,7 +331,7 @@ def fixed_step_sampler(solver: FixedStepSolver) -> Callable[..., Tensor]:
         progress: bool,
     ) -> Tensor:
         x = sde.prior_sampling(shape, generator=generator, device=device)
-        ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho)
+        ts = few_step_grid(sde, cfg, eps)
         return solver(score_fn, sde, x, ts, denoise=cfg.denoise, progress=progress)
 
     run.__doc__ = f"Prior sample, then {solver.__name__} on the configured grid."

@@ -52,13 +52,20 @@ AUTO = "auto"
 
 
 def time_grid(
-    sde: SDE, steps: int, eps: float, schedule: str = AUTO, rho: float = 7.0, auto: str = ""
+    sde: SDE,
+    steps: int,
+    eps: float,
+    schedule: str = AUTO,
+    rho: float = 7.0,
+    auto: str = "log_sigma",
 ) -> list[float]:
     """``steps + 1`` decreasing times from T to eps under ``schedule`` (a key of SCHEDULES).
 
-    ``auto`` resolves to ``auto`` when given (PC samplers: the paper's uniform grid), else to
-    the SDE's default grid for few-step solvers (``sde.default_schedule``).
+    ``schedule="auto"`` takes the sampler's ``auto`` grid: the paper's uniform grid for PC
+    samplers, uniform in log sigma (log-SNR) for the few-step solvers, where it keeps the
+    Gaussian-data error of DPM-Solver++(2M) at 10 steps within 4% on every SDE (the EDM grid:
+    up to 23%, the uniform grid: up to 58%; see tests/test_samplers_gaussian.py).
     """
     if schedule == AUTO:
-        schedule = auto or sde.default_schedule
+        schedule = auto
     return lookup(SCHEDULES, schedule, "time schedule")(sde, steps, eps, rho).tolist()
