@@ -6,33 +6,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torchvision.utils import make_grid, save_image
 
 from lightning_score.config import SamplingConfig
-
-
-def save_points_plot(points: torch.Tensor, path: Path, title: str) -> None:
-    """Scatter plot for 2-D toy samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    pts = points.cpu().numpy()
-    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
-    ax.set_title(title)
-    ax.set_aspect("equal")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-def upscale_for_viewing(images: torch.Tensor, min_size: int = 32) -> torch.Tensor:
-    """Nearest-neighbour upscaling so that tiny images (8x8 digits) stay legible in a grid."""
-    factor = -(-min_size // images.shape[-1])
-    if factor <= 1:
-        return images
-    return torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
 
 
 class SampleGridCallback(L.Callback):
@@ -60,32 +35,30 @@ class SampleGridCallback(L.Callback):
 
     @torch.no_grad()
     def _sample_and_save(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        from lightning_score.sampling import sample
+        from lightning_score.images import save_grid, to_data_space
+        from lightning_score.sampling.generate import generate
 
         self._last_step = step
         if not trainer.is_global_zero:
             return
         was_training = pl_module.training
         pl_module.eval()
-        shape = (self.num, *pl_module.data_shape)
-        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        result = sample(
+        result = generate(
             pl_module.score_model,
             pl_module.sde,
-            shape,
+            pl_module.data_shape,
             self.sampling,
-            generator=gen,
+            num=self.num,
+            batch_size=self.num,
+            seed=self.seed,
             device=pl_module.device,
         )
         pl_module.train(was_training)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"samples_step{step:07d}.png"
-        if len(shape) == 2:
-            save_points_plot(result.samples, path, f"step {step}, {result.nfe} NFE")
+        samples = to_data_space(pl_module.sde, result.samples)
+        grid = save_grid(samples, path, f"step {step}, {result.nfe:g} NFE")
+        if grid is None:
             return
-        images = pl_module.sde.unscale_data(result.samples).clamp(0, 1).float().cpu()
-        grid = make_grid(upscale_for_viewing(images), nrow=int(self.num**0.5), padding=1)
-        save_image(grid, path)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples", images=[grid], step=step)

@@ -25,7 +25,8 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from lightning_score.config import SamplingConfig
-from lightning_score.metrics import FeatureExtractor, ImageMetrics, ReferenceStats, to_uint8
+from lightning_score.images import to_uint8
+from lightning_score.metrics import FeatureExtractor, ImageMetrics, ReferenceStats
 
 
 class EvaluationCallback(L.Callback):
@@ -96,10 +97,6 @@ class EvaluationCallback(L.Callback):
         )
         self.metrics.set_reference(stats, rank=trainer.global_rank)
 
-    def share(self, rank: int, world_size: int) -> int:
-        """Samples drawn by ``rank``: an even split, the first ranks taking the remainder."""
-        return self.num_samples // world_size + (rank < self.num_samples % world_size)
-
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         if trainer.sanity_checking or step // self.every_n_steps <= self._last_evaluated:
@@ -117,34 +114,31 @@ class EvaluationCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule
     ) -> tuple[dict[str, float], float]:
         """This rank's share of samples into the metric states, then the synced metric values."""
-        from lightning_score.sampling import sample
-        from lightning_score.sampling.seeding import batch_seed, make_generator
+        from lightning_score.sampling.generate import rank_share, stream_samples
 
         assert self.metrics is not None, "setup() runs first"
         rank, world = trainer.global_rank, trainer.world_size
         was_training = pl_module.training
         pl_module.eval()
         sde = pl_module.sde
-        shape = tuple(pl_module.data_shape)
-        num = self.share(rank, world)
         kept: list[Tensor] = []
         nfes = []
         self.metrics.to(pl_module.device)
         self.metrics.reset()
-        for b, first in enumerate(range(0, num, self.batch_size)):
-            n = min(self.batch_size, num - first)
-            gen = make_generator(batch_seed(self.seed, rank, b), pl_module.device)
-            out = sample(
-                pl_module.score_model,
-                sde,
-                (n, *shape),
-                self.sampling,
-                generator=gen,
-                device=pl_module.device,
-            )
-            images = to_uint8(sde.unscale_data(out.samples).clamp(0, 1))
+        for batch in stream_samples(
+            pl_module.score_model,
+            sde,
+            pl_module.data_shape,
+            self.sampling,
+            num=rank_share(self.num_samples, rank, world),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            device=pl_module.device,
+        ):
+            images = to_uint8(sde.unscale_data(batch.samples).clamp(0, 1))
             self.metrics.update(images)
-            nfes.append(out.nfe)
+            nfes.append(batch.nfe)
             if self.save_samples or (rank == 0 and sum(len(k) for k in kept) < self.grid):
                 kept.append(images.cpu())
         pl_module.train(was_training)
@@ -159,10 +153,6 @@ class EvaluationCallback(L.Callback):
             nhwc = images.permute(0, 2, 3, 1).numpy()
             np.savez(self.out_dir / f"eval_step{step:07d}_rank{rank}.npz", nhwc)
         if rank == 0 and len(images):
-            from torchvision.utils import make_grid, save_image
+            from lightning_score.images import save_grid
 
-            grid = images[: self.grid].float() / 255
-            save_image(
-                make_grid(grid, nrow=max(1, int(len(grid) ** 0.5)), padding=1),
-                self.out_dir / f"eval_step{step:07d}.png",
-            )
+            save_grid(images[: self.grid], self.out_dir / f"eval_step{step:07d}.png", "")

@@ -59,10 +59,10 @@ def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | Refe
     ev = cfg.evaluation
     if ev.stats:
         return ev.stats
-    from lightning_score.commands.stats import split_batches
+    from lightning_score.data import image_batches
     from lightning_score.metrics import cached_reference_stats
 
-    all_batches = split_batches(cfg, "train", ev.batch_size)
+    all_batches = image_batches(cfg.data, cfg.seed, "train", ev.batch_size)
 
     def batches() -> Iterator[Tensor]:
         left = ev.reference_num or float("inf")

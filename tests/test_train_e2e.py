@@ -9,22 +9,11 @@ import torch
 from lightning_score.checkpoint import load_score_model
 from lightning_score.data.toy2d import gaussian_mixture
 from lightning_score.experiment import load_config
+from lightning_score.metrics.sliced import sliced_wasserstein
 from lightning_score.sampling import sample
 from lightning_score.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sliced_wasserstein(
-    a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: int = 0
-) -> float:
-    """Mean over random directions of the 1-D Wasserstein-1 distance of the projections."""
-    gen = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(a.shape[1], projections, generator=gen)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    pa, _ = torch.sort(a @ dirs, dim=0)
-    pb, _ = torch.sort(b @ dirs, dim=0)
-    return (pa - pb).abs().mean().item()
 
 
 def test_quickstart_path_trains_and_leaves_a_run_directory(tmp_path):

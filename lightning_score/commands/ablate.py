@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_score.commands.sample import add_model_arguments, resolve_device, to_data_space
+from lightning_score.commands.sample import add_model_arguments, resolve_device
 from lightning_score.config import ExperimentConfig, SamplingConfig
+from lightning_score.images import to_data_space
 from lightning_score.sampling import check_sampling
 
 SWD = "sliced_wasserstein_to_data"
@@ -104,32 +105,6 @@ def parse_settings(spec: str, base: SamplingConfig) -> list[tuple[str, SamplingC
     return settings
 
 
-def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 128, seed: int = 0) -> float:
-    """Mean over random unit directions of the 1-D Wasserstein-1 distance of the projections."""
-    n = min(a.shape[0], b.shape[0])
-    a, b = a[:n].flatten(1).double(), b[:n].flatten(1).double()
-    dirs = torch.randn(
-        a.shape[1], projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
-    )
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    return (torch.sort(a @ dirs, 0).values - torch.sort(b @ dirs, 0).values).abs().mean().item()
-
-
-def data_examples(exp: ExperimentConfig, num: int) -> Tensor:
-    """``num`` examples (images in [0, 1] or points) from the checkpoint's data set, val split first."""
-    from lightning_score.data import build_datamodule
-
-    dm = build_datamodule(exp.data, seed=exp.seed)
-    dm.setup()
-    examples: list[Tensor] = []
-    for dataset in (dm.val_set, dm.train_set):
-        for i in range(len(dataset)):  # type: ignore[arg-type]
-            if len(examples) == num:
-                return torch.stack(examples)
-            examples.append(dataset[i][0])  # type: ignore[index]
-    return torch.stack(examples)
-
-
 class Quality:
     """The quality column: its name and a function of samples in [0, 1] (or raw points)."""
 
@@ -138,7 +113,9 @@ class Quality:
     ) -> None:
         self.name: str | None = None
         if args.metric == "swd":
-            self.name, self.reference = SWD, data_examples(exp, args.num)
+            from lightning_score.data import data_examples
+
+            self.name, self.reference = SWD, data_examples(exp.data, exp.seed, args.num)
         elif args.metric == "fid":
             if args.ref_stats is None:
                 raise ValueError(
@@ -156,6 +133,8 @@ class Quality:
 
     def __call__(self, samples: Tensor, batch_size: int) -> float:
         if self.metric == "swd":
+            from lightning_score.metrics.sliced import sliced_wasserstein
+
             return sliced_wasserstein(samples, self.reference)
         from lightning_score.metrics import ImageMetrics
 

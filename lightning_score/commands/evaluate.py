@@ -29,11 +29,11 @@ from lightning_score.commands.sample import (
     add_sampling_arguments,
     resolve_device,
     sampling_from_args,
-    to_data_space,
 )
-from lightning_score.commands.stats import add_extractor_arguments, split_batches
+from lightning_score.commands.stats import add_extractor_arguments
 from lightning_score.config import ConfigError, ExperimentConfig, SamplingConfig
 from lightning_score.experiment import load_config, with_overrides
+from lightning_score.images import to_data_space
 from lightning_score.nets import ScoreModel
 
 DEFAULT_NUM = 50_000
@@ -104,24 +104,28 @@ def _generated_batches(
     device: torch.device,
     nfes: list[float],
 ) -> Iterator[Tensor]:
-    """Samples in [0, 1], one sampler batch at a time (50k images never sit in memory)."""
-    from lightning_score.sampling import sample
-    from lightning_score.sampling.seeding import batch_seed, make_generator
+    """Samples in [0, 1], one sampler batch at a time (50k images never sit in memory); the
+    same noise as ``lscore sample`` with the same seed."""
+    from lightning_score.sampling.generate import stream_samples
 
-    num = args.num or DEFAULT_NUM
-    for b, first in enumerate(range(0, num, args.sample_batch_size)):
-        n = min(args.sample_batch_size, num - first)
-        gen = make_generator(batch_seed(args.seed, 0, b), device)
-        with torch.no_grad():
-            out = sample(model, model.sde, (n, *shape), cfg, generator=gen, device=device)
-        nfes.append(out.nfe)
-        yield to_data_space(model.sde, out.samples)
+    for batch in stream_samples(
+        model,
+        model.sde,
+        shape,
+        cfg,
+        num=args.num or DEFAULT_NUM,
+        batch_size=args.sample_batch_size,
+        seed=args.seed,
+        device=device,
+    ):
+        nfes.append(batch.nfe)
+        yield to_data_space(model.sde, batch.samples)
 
 
 def run(args: argparse.Namespace) -> int:
     from lightning_score.checkpoint import load_score_model
-    from lightning_score.commands.sample import save_grid
-    from lightning_score.data import data_shape
+    from lightning_score.data import data_shape, image_batches
+    from lightning_score.images import save_grid
     from lightning_score.metrics import (
         ImageMetrics,
         ReferenceStats,
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         stats = ReferenceStats.load(args.stats, expected_dim=extractor.num_features)
         info["reference"] = str(args.stats)
     else:
-        batches = split_batches(exp, "train", args.batch_size)
+        batches = image_batches(exp.data, exp.seed, "train", args.batch_size)
         stats, path, _ = cached_reference_stats(
             batches, extractor, args.kid_features, device, args.cache_dir
         )
@@ -187,8 +191,7 @@ def run(args: argparse.Namespace) -> int:
     (out / f"{stem}.json").write_text(json.dumps(info, indent=2))
     grid_path = out / f"{stem}.png"
     if first is not None:
-        grid = first.float() / 255 if first.dtype == torch.uint8 else first
-        save_grid(grid.cpu(), grid_path, stem)
+        save_grid(first.cpu(), grid_path, stem)
     for name, value in values.items():
         print(f"{name} = {value:.4f}")
     print(f"-> {out / stem}.json")

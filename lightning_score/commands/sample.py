@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from lightning_score.config import SamplingConfig
-from lightning_score.sde import SDE
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,35 +97,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
 
 
-def to_data_space(sde: SDE, samples: torch.Tensor) -> torch.Tensor:
-    """Images back to [0, 1] (clamped, as saved); toy points are modeled unscaled, as in training."""
-    return sde.unscale_data(samples).clamp(0, 1) if samples.dim() == 4 else samples
-
-
-def save_grid(samples01: torch.Tensor, path: Path, title: str) -> None:
-    """A PNG grid for images; a scatter plot for 2-D points."""
-    if samples01.dim() == 2:
-        from lightning_score.callbacks import save_points_plot
-
-        save_points_plot(samples01, path, title)
-        return
-    from torchvision.utils import make_grid, save_image
-
-    nrow = max(1, int(samples01.shape[0] ** 0.5))
-    save_image(make_grid(samples01.clamp(0, 1), nrow=nrow, padding=1), path)
-
-
 def run(args: argparse.Namespace) -> int:
     from lightning_score.checkpoint import load_score_model
     from lightning_score.data import data_shape
-    from lightning_score.sampling.generate import generate, to_uint8_nhwc
+    from lightning_score.images import save_grid, to_data_space, to_uint8_nhwc
+    from lightning_score.sampling.generate import generate, rank_share
 
     if not 0 <= args.rank < args.world_size:
         raise ValueError(f"--rank must lie in [0, --world-size={args.world_size}), got {args.rank}")
     device = resolve_device(args.device)
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     cfg = sampling_from_args(exp.sampling, args)
-    share = args.num // args.world_size + (args.rank < args.num % args.world_size)
+    share = rank_share(args.num, args.rank, args.world_size)
     shape = data_shape(exp.data)
     result = generate(
         model,

@@ -9,16 +9,11 @@ the exact uint8 images and the extractor) under ``$LSCORE_CACHE_DIR`` (default
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader
 
-from lightning_score.config import ExperimentConfig
 from lightning_score.experiment import load_config
 
 
@@ -46,35 +41,13 @@ def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="stats cache directory")
 
 
-def split_batches(
-    cfg: ExperimentConfig, split: str, batch_size: int
-) -> Callable[[], Iterator[Tensor]]:
-    """Images of a split in [0, 1], in a fixed order and without random flips."""
-    from lightning_score.data import build_datamodule
-
-    data_cfg = dataclasses.replace(cfg.data, random_flip=False)
-    dm = build_datamodule(data_cfg, cfg.seed)
-    if not dm.is_image:
-        raise ValueError(
-            f"data set '{cfg.data.name}' holds points, not images: Inception statistics need images"
-        )
-    dm.setup()
-    dataset = dm.train_set if split == "train" else dm.val_set
-
-    def batches() -> Iterator[Tensor]:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        for batch in loader:
-            yield batch[0] if isinstance(batch, (list, tuple)) else batch
-
-    return batches
-
-
 def run(args: argparse.Namespace) -> int:
     from lightning_score.commands.sample import resolve_device
+    from lightning_score.data import image_batches
     from lightning_score.metrics import cached_reference_stats, load_inception
 
     cfg = load_config(args.config, args.overrides)
-    batches = split_batches(cfg, args.split, args.batch_size)
+    batches = image_batches(cfg.data, cfg.seed, args.split, args.batch_size)
     device = resolve_device(args.device)
     extractor = load_inception(args.extractor).to(device)
     with torch.no_grad():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_score.config import DataConfig, require, require_choice
 from lightning_score.data.base import DataNotFoundError, ScoreDataModule, split_fraction
@@ -120,6 +122,40 @@ def data_shape(cfg: DataConfig) -> tuple[int, ...]:
     return (channels, cfg.image_size, cfg.image_size)
 
 
+def image_batches(
+    cfg: DataConfig, seed: int, split: str, batch_size: int
+) -> Callable[[], Iterator[Tensor]]:
+    """The images of a split (``train`` or ``test``) in [0, 1], in a fixed order and without
+    random flips, as a function that starts a fresh pass (reference statistics read them twice)."""
+    dm = build_datamodule(dataclasses.replace(cfg, random_flip=False), seed)
+    if not dm.is_image:
+        raise ValueError(
+            f"data set '{cfg.name}' holds points, not images: Inception statistics need images"
+        )
+    dm.setup()
+    dataset = dm.train_set if split == "train" else dm.val_set
+
+    def batches() -> Iterator[Tensor]:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            yield batch[0] if isinstance(batch, (list, tuple)) else batch
+
+    return batches
+
+
+def data_examples(cfg: DataConfig, seed: int, num: int) -> Tensor:
+    """``num`` examples (images in [0, 1] or points), validation split first: what samples are
+    compared with when there are no reference statistics."""
+    dm = build_datamodule(cfg, seed=seed)
+    dm.setup()
+    examples: list[Tensor] = []
+    for dataset in (dm.val_set, dm.train_set):
+        for i in range(len(dataset)):  # type: ignore[arg-type]
+            if len(examples) == num:
+                return torch.stack(examples)
+            examples.append(dataset[i][0])  # type: ignore[index]
+    return torch.stack(examples)
+
+
 def validate_data_config(d: DataConfig) -> None:
     """Check the ``data`` section (the files themselves are checked when the set loads)."""
     require_choice(d.name, DATASETS, "data.name")
@@ -138,6 +174,8 @@ __all__ = [
     "DataNotFoundError",
     "ScoreDataModule",
     "build_datamodule",
+    "data_examples",
     "data_shape",
+    "image_batches",
     "validate_data_config",
 ]

@@ -1,12 +1,18 @@
-"""Batched generation with one noise stream per batch and rank, and the uint8 NHWC export."""
+"""The one batched generator every caller uses (``lscore sample / evaluate / ablate``, the sample-grid
+and evaluation callbacks): one noise stream per (seed, rank, batch), this rank's share of the
+samples, batch by batch.
+
+Batch b of rank r draws all its noise from ``batch_seed(seed, r, b)``, so no two batches or ranks
+share noise, a run repeats exactly, and a sharded run (``world_size`` ranks) together draws
+``num`` distinct samples.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,6 +20,50 @@ from lightning_score.config import SamplingConfig
 from lightning_score.sampling import sample
 from lightning_score.sampling.seeding import batch_seed, make_generator
 from lightning_score.sde import SDE, ScoreFn
+
+
+def rank_share(num: int, rank: int, world_size: int) -> int:
+    """Samples drawn by ``rank`` of ``world_size``: an even split, the first ranks taking the rest."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world size={world_size}), got {rank}")
+    return num // world_size + (rank < num % world_size)
+
+
+@dataclass
+class SampleBatch:
+    """One batch of samples in model space, on the sampling device, and its true NFE."""
+
+    samples: Tensor
+    nfe: int
+
+
+def stream_samples(
+    score_fn: ScoreFn,
+    sde: SDE,
+    data_shape: Sequence[int],
+    cfg: SamplingConfig,
+    *,
+    num: int,
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Iterator[SampleBatch]:
+    """``num`` samples (this rank's count) in batches of at most ``batch_size``; nothing beyond one
+    batch is held, so 50,000 samples never sit in memory at once."""
+    if num <= 0 or batch_size <= 0:
+        raise ValueError(
+            f"the number of samples and the batch size must be positive, got {num}, {batch_size}"
+        )
+    device = torch.device(device)
+    for b, first in enumerate(range(0, num, batch_size)):
+        n = min(batch_size, num - first)
+        gen = make_generator(batch_seed(seed, rank, b), device)
+        out = sample(
+            score_fn, sde, (n, *data_shape), cfg, generator=gen, device=device, progress=progress
+        )
+        yield SampleBatch(out.samples, out.nfe)
 
 
 @dataclass
@@ -43,32 +93,24 @@ def generate(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> Generation:
-    """``num`` samples in batches; batch b of rank r draws all its noise from
-    ``batch_seed(seed, r, b)``, so batches never share noise and a run repeats exactly."""
-    if num <= 0 or batch_size <= 0:
-        raise ValueError(
-            f"the number of samples and the batch size must be positive, got {num}, {batch_size}"
-        )
+    """All of :func:`stream_samples` collected on the CPU, with the wall time it took."""
     device = torch.device(device)
     chunks, batch_nfe = [], []
     start = time.perf_counter()
-    for b, first in enumerate(range(0, num, batch_size)):
-        n = min(batch_size, num - first)
-        gen = make_generator(batch_seed(seed, rank, b), device)
-        out = sample(
-            score_fn, sde, (n, *data_shape), cfg, generator=gen, device=device, progress=progress
-        )
-        chunks.append(out.samples.cpu())
-        batch_nfe.append(out.nfe)
+    for batch in stream_samples(
+        score_fn,
+        sde,
+        data_shape,
+        cfg,
+        num=num,
+        batch_size=batch_size,
+        seed=seed,
+        rank=rank,
+        device=device,
+        progress=progress,
+    ):
+        chunks.append(batch.samples.cpu())
+        batch_nfe.append(batch.nfe)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return Generation(torch.cat(chunks), batch_nfe, time.perf_counter() - start)
-
-
-def to_uint8_nhwc(images01: Tensor) -> np.ndarray:
-    """Images in [0, 1] (N, C, H, W) -> uint8 (N, H, W, 3), the layout FID tools read (``arr_0``
-    of an ``.npz``); grey images are repeated to RGB as those tools expect."""
-    x = (images01.clamp(0, 1) * 255).round().to(torch.uint8)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()

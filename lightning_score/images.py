@@ -1,0 +1,83 @@
+"""Images out of the model: uint8 conversion (FID tools, ``.npz`` files) and pictures (PNG grids of
+images, scatter plots of 2-D points). Every sample grid of the project is drawn here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_score.sde import SDE
+
+
+def to_data_space(sde: SDE, samples: Tensor) -> Tensor:
+    """Model-space samples back to the data: images to [0, 1] (clamped, as saved); toy points are
+    modeled unscaled, as in training."""
+    return sde.unscale_data(samples).clamp(0, 1) if samples.dim() == 4 else samples
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [0, 1] (N, C, H, W) to uint8 RGB: rounded (data from uint8 maps back exactly),
+    clamped, and grey images repeated to 3 channels as the Inception network expects."""
+    if images.dtype != torch.uint8:
+        images = (images.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def to_uint8_nhwc(images01: Tensor) -> np.ndarray:
+    """Images in [0, 1] (N, C, H, W) -> uint8 (N, H, W, 3), the layout FID tools read (``arr_0``
+    of an ``.npz``)."""
+    return to_uint8(images01).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def upscale_for_viewing(images: Tensor, min_size: int = 32) -> Tensor:
+    """Nearest-neighbour upscaling so that tiny images (8x8 digits) stay legible in a grid."""
+    factor = -(-min_size // images.shape[-1])
+    if factor <= 1:
+        return images
+    return torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+
+
+def image_grid(images01: Tensor, nrow: int | None = None) -> Tensor:
+    """A (3 or 1, H, W) grid of images in [0, 1] (uint8 accepted), tiny images upscaled."""
+    from torchvision.utils import make_grid
+
+    images = images01.float() / 255 if images01.dtype == torch.uint8 else images01.float()
+    nrow = nrow or max(1, int(images.shape[0] ** 0.5))
+    return make_grid(upscale_for_viewing(images.clamp(0, 1).cpu()), nrow=nrow, padding=1)
+
+
+def save_points_plot(points: Tensor, path: Path, title: str) -> None:
+    """Scatter plot for 2-D toy samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    pts = points.detach().cpu().numpy()
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_grid(samples: Tensor, path: Path, title: str) -> Tensor | None:
+    """A PNG grid for images in [0, 1] (or uint8), a scatter plot for 2-D points; returns the
+    image grid (for loggers), or None for points."""
+    from torchvision.utils import save_image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if samples.dim() == 2:
+        save_points_plot(samples, path, title)
+        return None
+    grid = image_grid(samples)
+    save_image(grid, path)
+    return grid
