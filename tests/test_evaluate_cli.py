@@ -18,9 +18,9 @@ from ddp_eval_script import TinyExtractor
 from tiny_checkpoint import ROOT, tiny_quickstart_checkpoint
 
 from lightning_score import metrics as M
-from lightning_score.metrics import inception as inception_module
 from lightning_score.cli import main
 from lightning_score.likelihood import evaluate_bits_per_dim
+from lightning_score.metrics import inception as inception_module
 from lightning_score.sde import VPSDE
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
