@@ -48,11 +48,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    weighting: str = "sigma2"  # sigma2 | likelihood | none | edm
-    time_sampler: str = "uniform"  # uniform | importance | lognormal
+    # sigma2 | likelihood | none | edm | auto (the parameterization's: sigma2; edm for EDM)
+    weighting: str = "auto"
+    # uniform | importance | lognormal | auto (the parameterization's: uniform; lognormal for EDM)
+    time_sampler: str = "auto"
     # over data dimensions: mean | sum | half_sum (0.5 x sum, the official reduce_mean=False)
     reduce: str = "mean"
-    eps: float = 1e-5  # smallest training time (uniform and importance samplers)
+    eps: float | None = None  # smallest training time; None: the SDE's (1e-5; EDM: sigma_min)
     p_mean: float = -1.2  # lognormal sampler: ln sigma ~ N(p_mean, p_std^2) (EDM)
     p_std: float = 1.2
     t_bins: int = 10  # bins of t for the per-time loss log

@@ -34,7 +34,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     validate_model_config(cfg.model)
     if cfg.model.parameterization == "auto":  # the saved config names the row that runs
         cfg.model.parameterization = sde.default_parameterization
-    validate_loss_config(cfg.loss, sde)
+    validate_loss_config(cfg.loss, build_param(cfg))
     validate_data_config(cfg.data)
     check_sampling(sde, cfg.sampling)
     check_run_sections(cfg)

@@ -135,8 +135,16 @@ def dsm_loss(
     return REDUCTIONS[reduce](error.pow(2)) * weight.to(error.dtype) * times.importance
 
 
-def validate_loss_config(cfg: LossConfig, sde: SDE) -> None:
-    """Check the ``loss`` section against the SDE it trains."""
+def validate_loss_config(cfg: LossConfig, param: Parameterization) -> None:
+    """Check the ``loss`` section against the parameterization (and SDE) it trains, filling in
+    what it leaves to them (``auto``, ``eps=None``), so the saved config says what runs."""
+    sde = param.sde
+    if cfg.weighting == "auto":
+        cfg.weighting = param.default_weighting
+    if cfg.time_sampler == "auto":
+        cfg.time_sampler = param.default_time_sampler
+    if cfg.eps is None:
+        cfg.eps = sde.train_eps
     require_choice(cfg.weighting, WEIGHTINGS, "loss.weighting")
     require_choice(cfg.time_sampler, TIME_SAMPLERS, "loss.time_sampler")
     require_choice(cfg.reduce, REDUCTIONS, "loss.reduce")

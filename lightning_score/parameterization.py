@@ -18,8 +18,9 @@ reproduce the official code's arithmetic that way).
 | ``edm`` | EDM's preconditioned F | 1 / (alpha sqrt(sigma^2 + sd^2)) | sigma sd / sqrt(sigma^2 + sd^2) | sd^2 / (alpha (sigma^2 + sd^2)) | ln(sigma) / 4 | positional |
 | ``score`` (analytic scores) | the score | 1 | std^2 / alpha | 1 / alpha | t | none |
 
-with sigma = std / alpha (EDM's noise level) and sd = sigma_data. Nothing outside this module
-knows which row a model uses: networks embed ``c_noise`` with the row's ``embedding`` unless told
+with sigma = std / alpha (EDM's noise level) and sd = sigma_data. Each row also names its training recipe (EDM's
+Table 1 lists it per row too): the sigma^2 weighting on uniform t for Song's rows, EDM's
+lambda(sigma) on log-normal sigma for EDM's. Nothing outside this module knows which row a model uses: networks embed ``c_noise`` with the row's ``embedding`` unless told
 otherwise, the loss asks for the target and the scale, samplers see only ``score``.
 """
 
@@ -40,6 +41,9 @@ class Parameterization:
     name: ClassVar[str]
     #: how a network built for this row embeds ``c_noise`` unless its config says otherwise.
     embedding: ClassVar[str]
+    #: the row's training recipe (``loss.weighting=auto``, ``loss.time_sampler=auto``)
+    default_weighting: ClassVar[str] = "sigma2"
+    default_time_sampler: ClassVar[str] = "uniform"
 
     def __init__(self, sde: SDE, sigma_data: float = 0.5) -> None:
         if sigma_data <= 0:
@@ -128,6 +132,8 @@ class EDMParameterization(Parameterization):
 
     name = "edm"
     embedding = "positional"
+    default_weighting = "edm"
+    default_time_sampler = "lognormal"
 
     def _norm(self, t: Tensor) -> Tensor:
         """sqrt(sigma^2 + sigma_data^2)."""

@@ -47,8 +47,12 @@ class SDE(abc.ABC):
 
     #: data convention: True means the model sees data in [-1, 1], False means [0, 1].
     centered: bool
-    #: where samplers stop by default (and the smallest time of EDM's training distribution).
+    #: where samplers stop by default.
     default_eps: float
+    #: the smallest training time by default (``loss.eps``): 1e-5 for Song et al.'s SDEs.
+    train_eps: float = 1e-5
+    #: the grid of PC samplers under ``sampling.schedule=auto``: the paper's uniform grid in t.
+    pc_schedule: str = "uniform"
     #: the parameterization (``lightning_score.parameterization``) trained with this SDE by default.
     default_parameterization: str
     #: few-step solvers hand over to the final denoising step once sigma(t) falls to this level
@@ -331,6 +335,7 @@ class EDMSDE(SDE):
 
     centered = True
     default_parameterization = "edm"
+    pc_schedule = "edm"  # uniform in t = sigma would spend every step at large sigma
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000) -> None:
         if not 0 < sigma_min < sigma_max:
@@ -341,7 +346,7 @@ class EDMSDE(SDE):
         super().__init__(N, T=float(sigma_max))
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
-        self.default_eps = self.sigma_min
+        self.default_eps = self.train_eps = self.sigma_min
 
     @classmethod
     def from_config(cls, cfg: SDEConfig) -> EDMSDE:

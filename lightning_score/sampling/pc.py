@@ -31,7 +31,7 @@ def pc_sampler(
     """
     predictor = PREDICTORS[cfg.predictor]
     corrector = CORRECTORS[cfg.corrector]
-    ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho, auto="uniform")
+    ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho, auto=sde.pc_schedule)
     x = sde.prior_sampling(shape, generator=generator, device=device)
     x_mean = x
     for i in trange(cfg.steps, disable=not progress, desc=f"pc {cfg.predictor}/{cfg.corrector}"):
