@@ -21,6 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+#: ``trainer.compile`` values: no compilation, or a ``torch.compile`` mode
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
 
 class ConfigError(ValueError):
     """A configuration problem that the user fixes in the YAML or on the command line."""
@@ -68,6 +71,10 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 5000
+    # Adam's fused kernel (CUDA, CPU): one launch per step for all parameters, and the non-finite
+    # guard can drop a bad update on the device without a host-device sync. Falls back to the
+    # multi-tensor kernel where the device has no fused one.
+    fused: bool = True
 
 
 @dataclass
@@ -140,6 +147,10 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     deterministic: bool = False
     nonfinite: str = "stop"  # non-finite loss or gradient: stop | skip (drop that update)
+    # torch.compile of the score network: none | default | reduce-overhead (CUDA graphs) |
+    # max-autotune; compiles once at the first step (reported), saved weights keep their names
+    compile: str = "none"
+    channels_last: bool = False  # NHWC weights for the convolutions (measure before using)
 
 
 @dataclass
@@ -359,6 +370,7 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
         "trainer.precision",
     )
     require_choice(t.nonfinite, {"stop", "skip"}, "trainer.nonfinite")
+    require_choice(t.compile, set(COMPILE_MODES), "trainer.compile")
     devices = _device_count(t.devices)
     if devices is not None and devices * t.num_nodes > 1:
         world = devices * t.num_nodes

@@ -1,9 +1,11 @@
 """ScoreModule: trains a time-conditional score network with weighted continuous DSM.
 
-The module holds no data loading and no trainer logic. EMA comes from Lightning's
-``EMAWeightAveraging`` callback, which swaps the averaged weights in for validation (so the
-validation loss and the sample grids use EMA weights) and stores them as the checkpoint's
-``state_dict`` with the raw weights under ``current_model_state``.
+The module holds no data loading and no trainer logic. EMA comes from the
+:class:`~lightning_score.ema.EMA` callback (a Lightning ``WeightAveraging``), which swaps the
+averaged weights in for validation (so the validation loss and the sample grids use EMA weights)
+and stores them as the checkpoint's ``state_dict`` with the raw weights under
+``current_model_state``. Each training step hands its loss and times to the callbacks that watch
+it as :attr:`ScoreModule.step_state`; nothing in a step reads a value back from the device.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -21,6 +24,7 @@ from lightning_score.data import data_shape
 from lightning_score.experiment import build_score_model
 from lightning_score.losses import TIME_SAMPLERS, dsm_loss
 from lightning_score.nets import ScoreModel
+from lightning_score.reliability import StepState
 
 
 def bin_label(value: float) -> str:
@@ -57,6 +61,7 @@ class ScoreModule(L.LightningModule):
         edges = self.sde.time_bins(bins, loss.eps)
         self.register_buffer("bin_edges", edges.float())
         self.bin_labels = [bin_label(float(e)) for e in edges]
+        self.step_state: StepState | None = None  # the last training step's, for the callbacks
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> ScoreModule:
@@ -74,10 +79,12 @@ class ScoreModule(L.LightningModule):
         x = self._prepare(batch)
         lc = self.loss_cfg
         times = TIME_SAMPLERS[lc.time_sampler](self.sde, x.shape[0], lc, x.device)
-        self.last_batch_t = times.t.detach()  # named in the non-finite guard's message
         losses = dsm_loss(self.score_model, x, times, lc.weighting, lc.reduce)
         loss = losses.mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self.step_state = StepState(loss=loss.detach(), t=times.t.detach())
+        # Not prog_bar=True: Lightning would turn it into a Python float (a sync) every step;
+        # the progress bar reads it at logging steps (callbacks_logging.LossProgressBar).
+        self.log("train/loss", loss, batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -106,13 +113,14 @@ class ScoreModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim_cfg
-        optimizer = torch.optim.Adam(
-            self.parameters(),
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-        )
+        settings = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+        # 16-mixed: the GradScaler must unscale before clipping, which a fused step does too late
+        fused = o.fused and not (self._trainer and self.trainer.precision == "16-mixed")
+        try:
+            optimizer = torch.optim.Adam(self.parameters(), fused=fused or None, **settings)
+        except RuntimeError as err:  # no fused kernel for this device or dtype
+            rank_zero_warn(f"optim.fused: {str(err).splitlines()[0]}; using the multi-tensor Adam")
+            optimizer = torch.optim.Adam(self.parameters(), **settings)
         warmup = max(o.warmup_steps, 1)
         # Linear warmup as in the official code: lr * min(step / warmup, 1).
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -122,3 +130,21 @@ class ScoreModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "step"},
         }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the total gradient norm, on the device (nothing is read back).
+
+        Done here rather than by Lightning's precision plugin, which refuses any fused optimizer
+        under mixed precision (a GradScaler would still have the gradients scaled); bf16 has no
+        scaler, and 16-mixed uses the unfused Adam, unscaled before this hook.
+        """
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"only norm clipping is configured, got {gradient_clip_algorithm}")
+        if gradient_clip_val:
+            with_grads = [p for p in self.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(with_grads, gradient_clip_val)

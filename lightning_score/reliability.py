@@ -10,7 +10,8 @@ update before it reaches the weights.
   ``torch.load(weights_only=True)``, whatever the caller asks for, and it never deletes a file.
 * :class:`RunCheckpoint` (a ``ModelCheckpoint``) also saves ``last`` at the final step and when
   Lightning's SIGTERM handling stops the run.
-* :class:`NonFiniteGuard` checks the loss and the gradients before every optimizer step.
+* :class:`NonFiniteGuard` checks the loss and the gradients before every optimizer step, on the
+  device: the host reads the outcome only at logging steps, checkpoint saves and validation.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -33,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from lightning_score.callbacks_logging import is_logging_step
 from lightning_score.checkpoint import load_checkpoint
 
 #: the exit status of a run stopped by SIGTERM after saving (128 + 15, as if killed by it): job
@@ -42,6 +45,27 @@ PREEMPTED_EXIT_CODE = 143
 
 class NonFiniteError(FloatingPointError):
     """A non-finite loss, gradient or weight; the message says where and what to do."""
+
+
+@dataclass
+class StepState:
+    """What one training step hands to the callbacks that watch it (the non-finite guard, the EMA).
+
+    Device tensors only, so the hand-over costs no host-device sync. The module sets ``loss`` and
+    ``t``; :class:`NonFiniteGuard` with ``policy="skip"`` sets ``skipped`` (1.0 when it dropped
+    the update, else 0.0), so that the EMA drops that step too.
+    """
+
+    loss: Tensor
+    t: Tensor
+    skipped: Tensor | None = None
+
+
+@runtime_checkable
+class ReportsSteps(Protocol):
+    """A LightningModule whose ``training_step`` sets ``step_state``."""
+
+    step_state: StepState | None
 
 
 def _nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
@@ -163,74 +187,153 @@ class RunCheckpoint(ModelCheckpoint):
         )
 
 
-class NonFiniteGuard(Callback):
-    """Stops the run, or drops the update (``policy="skip"``), when the loss or a gradient is
-    not finite, before the optimizer step can write NaN into the weights.
+#: fields of the guard's device record of a non-finite step (step 0: none yet)
+_RECORD = ("step", "loss", "t_min", "t_max", "loss_bad", "grad_bad")
 
-    Under DDP every rank takes the same decision. With ``16-mixed`` precision, infinite
-    gradients are routine (the GradScaler skips those steps and lowers its scale) and only the
-    loss is checked.
+
+class NonFiniteGuard(Callback):
+    """Stops the run, or drops the update (``policy="skip"``), when the loss or a gradient is not
+    finite, before that update can write NaN into the weights.
+
+    The checks run on the device and the host does not wait for them. With an optimizer that has
+    a fused kernel (``optim.fused``, the default), a bad step sets the optimizer's ``found_inf``
+    flag (the one GradScaler uses), so the kernel leaves weights, moments and step count as they
+    were. The host reads the outcome at logging steps, before every checkpoint save, at validation
+    and at the end: ``stop`` raises then, naming the step where it happened (every update since was
+    dropped, so no checkpoint ever holds them); ``skip`` counts and warns. Without a fused kernel
+    the host reads the outcome every step (one sync) and drops a bad update by clearing the grads.
+
+    Under DDP every rank takes the same decision. With ``16-mixed`` precision, infinite gradients
+    are routine (the GradScaler skips those steps and lowers its scale) and only the loss is
+    checked, on the host every step.
     """
 
     def __init__(self, policy: str = "stop") -> None:
         super().__init__()
         self.policy = policy
-        self.skipped = 0
-        self._loss: Tensor | None = None
+        self.skipped = 0  # dropped updates, as of the host's last read
+        self._on_device = False
+        self._record: Tensor | None = None
+        self._skipped: Tensor | None = None  # dropped updates, on the device
         self._saved_step: int | None = None
 
-    def on_before_backward(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
-    ) -> None:
-        self._loss = loss.detach()
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, ReportsSteps):
+            raise TypeError(
+                f"NonFiniteGuard needs a module whose training_step sets step_state "
+                f"(a StepState); {type(pl_module).__name__} has none"
+            )
+        self._on_device = trainer.precision != "16-mixed" and all(
+            opt.defaults.get("fused") for opt in trainer.optimizers
+        )
+        self._record = torch.zeros(len(_RECORD), device=pl_module.device)
+        self._skipped = torch.full((), float(self.skipped), device=pl_module.device)
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        loss_ok = self._loss is None or bool(self._loss.isfinite().all())
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        grads_ok = (
-            trainer.precision == "16-mixed"
-            or not grads
-            or bool(torch.nn.utils.get_total_norm(grads).isfinite())
+        state = pl_module.step_state  # type: ignore[attr-defined]
+        assert self._record is not None and self._skipped is not None and state is not None
+        loss_bad = ~torch.isfinite(state.loss).all()
+        grad_bad = torch.zeros_like(loss_bad)
+        if trainer.precision != "16-mixed":
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            if grads:
+                grad_bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        bad = loss_bad | grad_bad
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            bad = _on_any_rank(bad)
+        t_min, t_max = torch.aminmax(state.t.float())
+        current = torch.stack(
+            [
+                torch.full_like(self._record[0], trainer.global_step + 1),
+                state.loss.detach().float().reshape(()),
+                t_min,
+                t_max,
+                loss_bad.float(),
+                grad_bad.float(),
+            ]
         )
-        if not trainer.strategy.reduce_boolean_decision(not (loss_ok and grads_ok), all=False):
-            return
-        message = self._describe(trainer, pl_module, loss_ok, grads_ok)
-        if self.policy == "stop":
-            raise NonFiniteError(
-                f"{message}; lower optim.lr or check the data, or set trainer.nonfinite=skip "
-                "to drop such updates"
-            )
-        optimizer.zero_grad(set_to_none=True)  # no gradients: the optimizer step changes nothing
-        self.skipped += 1
-        rank_zero_warn(f"{message}; update skipped (trainer.nonfinite=skip)")
-
-    def _describe(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, loss_ok: bool, grads_ok: bool
-    ) -> str:
-        if not loss_ok:
-            what = f"loss ({self._loss.item():g})"  # type: ignore[union-attr]
-        elif not grads_ok:
-            what = "gradient (finite loss)"
-        else:
-            what = "loss or gradient on another rank"
-        t = getattr(pl_module, "last_batch_t", None)
-        where = f", batch t in [{t.min():.4g}, {t.max():.4g}]" if t is not None else ""
-        ckpt_cb = trainer.checkpoint_callback
-        path = getattr(ckpt_cb, "last_model_path", "") or trainer.ckpt_path
-        last = f"{path} (step {self._saved_step})" if path else "none written yet"
-        return f"non-finite {what} at step {trainer.global_step + 1}{where}; last good checkpoint: {last}"
+        # skip: the latest bad step (named in the warning); stop: the first one
+        take = bad if self.policy == "skip" else bad & (self._record[0] == 0)
+        self._record = torch.where(take, current, self._record)
+        if self.policy == "skip":
+            drop = bad.float()
+            self._skipped += drop
+            state.skipped = drop
+        else:  # once a step was bad, drop every update until the host stops the run
+            drop = (self._record[0] != 0).float()
+        if self._on_device:
+            optimizer.found_inf = drop  # type: ignore[attr-defined]
+        elif self._read(trainer) and self.policy == "skip":
+            optimizer.zero_grad(
+                set_to_none=True
+            )  # no gradients: the optimizer step changes nothing
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
+        if not is_logging_step(trainer):
+            return
         if self.policy == "skip":
-            pl_module.log("train/skipped_updates", float(self.skipped))
+            pl_module.log("train/skipped_updates", self._skipped)  # type: ignore[arg-type]
+        if self._on_device:
+            self._read(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._read(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._read(trainer)
+
+    def _read(self, trainer: L.Trainer) -> bool:
+        """Read the device record (a host-device sync): raise for ``stop``; for ``skip``, warn
+        about and count the updates dropped since the last read, and say whether there were any."""
+        if self._record is None or self._skipped is None:
+            return False
+        *record, skipped = torch.cat([self._record, self._skipped[None]]).tolist()
+        if self.policy == "stop":
+            if record[0]:
+                raise NonFiniteError(
+                    f"{self._describe(trainer, record)}; lower optim.lr or check the data, or set "
+                    "trainer.nonfinite=skip to drop such updates"
+                )
+            return False
+        new = int(skipped) - self.skipped
+        if new <= 0:
+            return False
+        self.skipped = int(skipped)
+        since = f" ({new} updates skipped since the last report)" if new > 1 else ""
+        rank_zero_warn(
+            f"{self._describe(trainer, record)}; update skipped (trainer.nonfinite=skip){since}"
+        )
+        return True
+
+    def _describe(self, trainer: L.Trainer, record: list[float]) -> str:
+        step, loss, t_min, t_max, loss_bad, grad_bad = record
+        if loss_bad:
+            what = f"loss ({loss:g})"
+        elif grad_bad:
+            what = "gradient (finite loss)"
+        else:
+            what = "loss or gradient on another rank"
+        later = (
+            f" (noticed at step {trainer.global_step}; the updates in between were dropped)"
+            if self.policy == "stop" and trainer.global_step > step
+            else ""
+        )
+        ckpt_cb = trainer.checkpoint_callback
+        path = getattr(ckpt_cb, "last_model_path", "") or trainer.ckpt_path
+        last = f"{path} (step {self._saved_step})" if path else "none written yet"
+        return (
+            f"non-finite {what} at step {int(step)}, batch t in [{t_min:.4g}, {t_max:.4g}]"
+            f"{later}; last good checkpoint: {last}"
+        )
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        self._read(trainer)  # a checkpoint never holds the steps after a non-finite one
         self._saved_step = trainer.global_step
 
     def on_load_checkpoint(
@@ -239,7 +342,16 @@ class NonFiniteGuard(Callback):
         self._saved_step = checkpoint["global_step"]
 
     def state_dict(self) -> dict[str, int]:
-        return {"skipped": self.skipped}
+        skipped = self.skipped if self._skipped is None else int(self._skipped.item())
+        return {"skipped": skipped}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped = state_dict["skipped"]
+
+
+def _on_any_rank(flag: Tensor) -> Tensor:
+    """True on every rank when ``flag`` is true on any: an all-reduce queued on the device (no
+    barrier, unlike Lightning's ``strategy.reduce``), so the host does not wait for it."""
+    value = flag.float()
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return value > 0

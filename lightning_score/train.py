@@ -20,12 +20,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import (
-    Callback,
-    EMAWeightAveraging,
-    LearningRateMonitor,
-    TQDMProgressBar,
-)
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -42,6 +37,7 @@ from lightning_score.checkpoint import (
 )
 from lightning_score.config import ConfigError, ExperimentConfig, save_config
 from lightning_score.data import build_datamodule
+from lightning_score.ema import EMA
 from lightning_score.loggers import build_logger
 from lightning_score.metrics import ReferenceStats
 from lightning_score.module import ScoreModule
@@ -51,6 +47,7 @@ from lightning_score.reliability import (
     NonFiniteGuard,
     RunCheckpoint,
 )
+from lightning_score.speed import CompileTimer, apply_speed_options
 
 
 def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | ReferenceStats:
@@ -115,7 +112,6 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
         NonFiniteGuard(cfg.trainer.nonfinite),
         LearningRateMonitor(logging_interval="step"),
         *logging_callbacks(cfg),
-        TQDMProgressBar(refresh_rate=10),
         SampleGridCallback(
             cfg.run_dir / "samples",
             cfg.sampling,
@@ -126,8 +122,10 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
         # before EMA: EMA swaps the averaged weights back out at validation end
         *evaluation_callbacks(cfg),
     ]
+    if cfg.trainer.compile != "none":
+        callbacks.append(CompileTimer(cfg.trainer.compile))
     if cfg.ema.enabled:
-        callbacks.append(EMAWeightAveraging(decay=cfg.ema.decay))
+        callbacks.append(EMA(decay=cfg.ema.decay))
     return callbacks
 
 
@@ -206,6 +204,7 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.seed)
     module = ScoreModule.from_config(cfg)
+    apply_speed_options(module.score_model, cfg.trainer)
     trainer = build_trainer(cfg, callbacks)
     if trainer.is_global_zero:
         save_config(cfg, cfg.run_dir / "config.yaml")

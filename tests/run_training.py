@@ -89,7 +89,7 @@ class RecordBatches(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, out: Any, batch: Any, *args):
         self.batches.append(batch[0].detach().clone())
-        self.times.append(pl_module.last_batch_t.clone())
+        self.times.append(pl_module.step_state.t.clone())
 
     def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
         record = {

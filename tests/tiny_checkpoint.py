@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from lightning_score.experiment import load_config
@@ -12,7 +14,9 @@ from lightning_score.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_quickstart_checkpoint(out_dir: Path) -> Path:
+def tiny_quickstart_checkpoint(
+    out_dir: Path, *overrides: str, callbacks: Sequence[L.Callback] = ()
+) -> Path:
     """Train ``configs/quickstart.yaml`` for 2 steps with channels (8, 16); return last.ckpt."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # shared cores: two threads contend and run ~10x slower
@@ -29,9 +33,10 @@ def tiny_quickstart_checkpoint(out_dir: Path) -> Path:
                 "sample_grid.every_n_steps=100000",
                 "sample_grid.num=4",
                 "sampling.steps=5",
+                *overrides,
             ],
         )
-        run_dir = train(cfg)
+        run_dir = train(cfg, callbacks)
     finally:
         torch.set_num_threads(threads)
     return run_dir / "checkpoints" / "last.ckpt"

@@ -52,6 +52,13 @@ class ScoreDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         return max(1, self.cfg.batch_size // world)
 
+    def pin_memory(self) -> bool:
+        """Page-locked batches when training on a GPU: Lightning copies batches to the device with
+        ``non_blocking=True``, which is asynchronous only from page-locked memory (from pageable
+        memory the copy waits for the GPU to finish its queued work)."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled per (seed, epoch), one shard per rank, resumable mid-epoch from a checkpoint."""
         assert self.train_set is not None, "call setup() first"
@@ -66,6 +73,7 @@ class ScoreDataModule(L.LightningDataModule):
             drop_last=len(self.train_set) >= batch_size,  # type: ignore[arg-type]
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=self.pin_memory(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -75,6 +83,7 @@ class ScoreDataModule(L.LightningDataModule):
             batch_size=self.per_device_batch_size(),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=self.pin_memory(),
         )
 
 

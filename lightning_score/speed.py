@@ -1,0 +1,62 @@
+"""Speed options of a run: ``trainer.compile`` and ``trainer.channels_last``.
+
+Compilation is ``nn.Module.compile`` on the score model's network, in place: the module keeps its
+class and its parameter names (no ``_orig_mod.`` prefix in checkpoints), and Lightning, DDP, the
+EMA and checkpoint loading see the same module as without it. The network, not the
+``ScoreModel`` around it, because training calls ``ScoreModel.network`` and sampling calls the
+model: both go through the network. The first call compiles (the first training step, and once
+more for sampling without gradients); :class:`CompileTimer` reports how long the first training
+step took.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from lightning_score.config import TrainerConfig
+from lightning_score.nets import ScoreModel
+
+
+def apply_speed_options(model: ScoreModel, options: TrainerConfig) -> None:
+    """Put the 4-D (convolution) weights of ``model`` in channels_last and compile its network in
+    place, as ``options`` say (an analytic score function has nothing to compile)."""
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if options.compile != "none" and isinstance(model.net, nn.Module):
+        model.net.compile(mode=None if options.compile == "default" else options.compile)
+
+
+class CompileTimer(L.Callback):
+    """Reports once how long the first training step took; with ``trainer.compile`` that is
+    mostly compilation. Sent to the loggers as ``perf/first_step_seconds``."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self._start: float | None = None
+        self.seconds: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        if self.seconds is not None or self._start is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.seconds = time.perf_counter() - self._start
+        rank_zero_info(
+            f"trainer.compile={self.mode}: the first training step took {self.seconds:.1f} s, "
+            "compilation included"
+        )
+        for logger in trainer.loggers:
+            logger.log_metrics({"perf/first_step_seconds": self.seconds}, step=trainer.global_step)
