@@ -1,10 +1,12 @@
-"""Sampling throughput (samples/s and NFE) of each sampler on a network preset.
+"""Sampling throughput (samples/s and NFE) of each sampler on the network of a config.
 
-    python bench/sampling_throughput.py --model ncsnpp_cifar10 --sde vesde --size 32 --channels 3 \
+    python bench/sampling_throughput.py --config configs/cifar10_ncsnpp_ve.yaml \
         --batch 64 --samplers pc:reverse_diffusion:langevin:1000,ode,heun:18
 
-Weights are random: the timing does not depend on them. Prints one JSON object per sampler.
-A sampler spec is ``pc:PREDICTOR:CORRECTOR:STEPS``, ``ode`` (adaptive) or ``NAME:STEPS``.
+Weights are random: the timing does not depend on them. Prints one JSON object per sampler, with
+the device, peak memory, FLOPs per sample (network forwards times NFE) and MFU against the
+device's dense bf16 peak. A sampler spec is ``pc:PREDICTOR:CORRECTOR:STEPS``, ``ode`` (adaptive)
+or ``NAME:STEPS``.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
-import time
+from pathlib import Path
 
 import torch
+from common import Stopwatch, count_flops, device_info, mfu, peak_flops, peak_memory_gib
 
 from lightning_score.config import SamplingConfig
-from lightning_score.nets import ScoreModel, build_network
+from lightning_score.data import data_shape
+from lightning_score.experiment import build_score_model, load_config
 from lightning_score.sampling import sample
-from lightning_score.sde import SDES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_spec(spec: str) -> SamplingConfig:
@@ -37,41 +41,46 @@ def parse_spec(spec: str) -> SamplingConfig:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="unet")
-    p.add_argument("--sde", default="vpsde", choices=sorted(SDES))
+    p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--size", type=int, default=8)
-    p.add_argument("--channels", type=int, default=1)
     p.add_argument("--samplers", default="pc:euler_maruyama:none:100,heun:10")
+    p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (model, SDE, data)")
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sde = SDES[args.sde]()
-    shape = (args.channels, args.size, args.size)
-    model = ScoreModel(build_network(args.model, shape, sde), sde).to(device).eval()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    config = load_config(args.config, args.overrides)
+    shape = data_shape(config.data)
+    model = build_score_model(config).to(device).eval()
+    sde = model.sde
+    with torch.no_grad():
+        x1, t1 = torch.rand(1, *shape, device=device), torch.full((1,), 0.5, device=device)
+        flops_per_nfe = count_flops(lambda: model(x1, t1))
+    peak = peak_flops(device, args.peak_tflops)
     for spec in args.samplers.split(","):
         cfg = parse_spec(spec)
         gen = torch.Generator(device=device).manual_seed(0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        watch = Stopwatch(device)
+        watch.begin()
         with torch.no_grad():
             result = sample(model, sde, (args.batch, *shape), cfg, generator=gen, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        seconds = watch.end()
+        rate = args.batch / seconds
         record = {
             "benchmark": "sampling_throughput",
-            "device": name,
-            "threads": torch.get_num_threads(),
-            "model": args.model,
+            **device_info(device),
+            "config": Path(args.config).name,
+            "overrides": args.overrides,
+            "model": config.model.name,
             "batch": args.batch,
             "shape": list(shape),
             "sampling": dataclasses.asdict(cfg),
             "nfe": result.nfe,
             "seconds": seconds,
-            "samples_per_second": args.batch / seconds,
+            "samples_per_second": rate,
+            "peak_memory_gib": peak_memory_gib(device),
+            "flops_per_sample": flops_per_nfe * result.nfe,
+            "mfu": mfu(flops_per_nfe * result.nfe, rate, peak),
         }
         print(json.dumps(record))
 
