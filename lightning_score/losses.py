@@ -47,12 +47,13 @@ def importance_times(
 ) -> TimeSample:
     """Inverse-CDF sampling of q(t) = (g^2 / std^2) / Z on [eps, T], with the SDE's closed form."""
     eps = cfg.eps
-    lo = sde.likelihood_density_antiderivative(torch.tensor(eps, dtype=torch.float64))
-    hi = sde.likelihood_density_antiderivative(torch.tensor(sde.T, dtype=torch.float64))
+    # The normalizer on the host as Python floats: no host-to-device copy in the training step.
+    ends = torch.tensor([eps, sde.T], dtype=torch.float64)
+    lo, hi = sde.likelihood_density_antiderivative(ends).tolist()
     u = torch.rand(batch, device=device, generator=generator, dtype=torch.float64)
-    t = sde.likelihood_density_inverse(lo.to(device) + u * (hi - lo).to(device))
+    t = sde.likelihood_density_inverse(lo + u * (hi - lo))
     t = t.clamp(eps, sde.T)
-    density = sde.diffusion_sq(t) / sde.std(t) ** 2 / (hi - lo).to(device)
+    density = sde.diffusion_sq(t) / sde.std(t) ** 2 / (hi - lo)
     importance = (1.0 / ((sde.T - eps) * density)).float()
     return TimeSample(t.float(), importance)
 
