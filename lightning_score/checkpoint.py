@@ -4,12 +4,18 @@ A training checkpoint is Lightning's dict. With EMA on, ``state_dict`` holds the
 ``current_model_state`` the raw ones (Lightning's ``WeightAveraging`` layout); the resolved config
 sits in ``hyper_parameters["config"]`` so that sampling, evaluation and likelihood need only the path.
 
+An export (``lscore export --format safetensors``) is a ``model.safetensors`` file holding one set
+of weights, with the resolved config and which set it is in the file's metadata: safetensors
+holds tensors and strings only, so reading it can never run code. :func:`load_score_model` takes
+either.
+
 :func:`find_resume_checkpoint` picks the checkpoint a preempted run continues from: the newest one
 of its run directory that loads, with the reasons the newer ones did not.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -23,6 +29,9 @@ from lightning_score.experiment import build_score_model, from_dict
 from lightning_score.nets import ScoreModel
 
 MODEL_PREFIX = "score_model."
+#: the weights file of an export, and the metadata keys that make it one of ours
+EXPORT_FILE = "model.safetensors"
+EXPORT_FORMAT = "lightning-score"
 
 
 class CheckpointError(RuntimeError):
@@ -76,21 +85,70 @@ def model_state(ckpt: dict[str, Any], ema: bool) -> dict[str, torch.Tensor]:
     return {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
 
 
+def export_file(path: str | Path) -> Path | None:
+    """The safetensors file of an export given as the file itself or its folder; None otherwise."""
+    path = Path(path)
+    if path.is_dir() and (path / EXPORT_FILE).is_file():
+        return path / EXPORT_FILE
+    return path if path.suffix == ".safetensors" else None
+
+
+def load_export(path: str | Path, ema: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights and the metadata (``config`` as JSON, ``weights``, ``step``) of an export."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"export {path} does not exist: pass a model.safetensors or its folder"
+        )
+    try:
+        with safe_open(path, framework="pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+    if meta.get("format") != EXPORT_FORMAT or "config" not in meta:
+        raise CheckpointError(
+            f"{path} carries no lightning-score config in its metadata: only files written by "
+            "`lscore export --format safetensors` (or `lscore convert` of a diffusers model) load"
+        )
+    held = meta.get("weights", "ema")
+    if ema != (held == "ema"):
+        fix = "pass --no-ema" if held == "raw" else "drop --no-ema (or export with --raw)"
+        raise CheckpointError(f"{path} holds the {held.upper()} weights only: {fix}")
+    return state, meta
+
+
 def load_score_model(
     path: str | Path, ema: bool = True, map_location: str | torch.device = "cpu"
 ) -> tuple[ScoreModel, ExperimentConfig]:
-    """Rebuild the score model of a training checkpoint, ready for samplers and metrics."""
-    ckpt = load_checkpoint(path, map_location)
-    cfg = checkpoint_config(ckpt)
+    """Rebuild the score model of a training checkpoint or an export, ready for samplers and
+    metrics."""
+    exported = export_file(path)
+    if exported is not None:
+        state, meta = load_export(exported, ema)
+        cfg = from_dict(json.loads(meta["config"]))
+    else:
+        ckpt = load_checkpoint(path, map_location)
+        cfg = checkpoint_config(ckpt)
+        state = model_state(ckpt, ema)
+    return score_model_with(cfg, state, path).to(map_location).eval(), cfg
+
+
+def score_model_with(
+    cfg: ExperimentConfig, state: dict[str, torch.Tensor], path: str | Path
+) -> ScoreModel:
+    """The score model of ``cfg`` holding ``state`` (read from ``path``); every key must fit."""
     model = build_score_model(cfg)
-    state = model_state(ckpt, ema)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"checkpoint {path} does not match its network '{cfg.model.name}': "
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
-    return model.to(map_location).eval(), cfg
+    return model
 
 
 #: Config entries that define a run's trajectory: continuing a run with one of them changed would

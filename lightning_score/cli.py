@@ -16,7 +16,8 @@ COMMANDS = {
     "evaluate": "FID / IS / KID of a checkpoint or an .npz of samples",
     "stats": "reference Inception statistics of a data set",
     "likelihood": "bits/dim through the probability-flow ODE",
-    "convert": "convert an official score_sde_pytorch checkpoint",
+    "convert": "convert an official score_sde_pytorch checkpoint or a diffusers model",
+    "export": "export a checkpoint as safetensors (+ config, model card) or a diffusers folder",
 }
 
 

@@ -12,7 +12,7 @@ from lightning_score.config import ModelConfig, require, require_choice
 from lightning_score.nets.mlp import toy_mlp
 from lightning_score.nets.ncsnpp import NCSNPP_FACTORIES
 from lightning_score.nets.score import ScoreModel
-from lightning_score.nets.unet import small_unet
+from lightning_score.nets.unet import diffusers_unet2d, small_unet
 from lightning_score.parameterization import Parameterization
 from lightning_score.registry import lookup
 
@@ -21,6 +21,8 @@ NetworkFactory = Callable[..., nn.Module]
 NETWORKS: dict[str, NetworkFactory] = {
     "unet": small_unet,
     "mlp": toy_mlp,
+    # any diffusers UNet2DModel by its config (models converted from diffusers)
+    "diffusers": diffusers_unet2d,
     # NCSN++ / DDPM++ presets (Song et al. 2021, appendix H): ncsnpp_cifar10, ddpmpp_cifar10, ...
     **NCSNPP_FACTORIES,
 }

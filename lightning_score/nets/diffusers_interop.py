@@ -1,10 +1,19 @@
-"""Use a diffusers score-SDE ``UNet2DModel`` (e.g. ``google/ncsnpp-celebahq-256``) as a score model.
+"""diffusers ``UNet2DModel``s as score models, and the scheduler of each formulation, both ways.
 
-Those repositories hold a VE NCSN++ converted to ``UNet2DModel`` (skip blocks, Fourier embedding
-of log sigma) and a ``ScoreSdeVeScheduler`` config with sigma_min / sigma_max / N. The UNet is
-called with sigma as its "timestep" and divides its output by sigma itself; ``DiffusersUNet`` undoes
-that, so the network returns F = sigma * score like every VE network here (Song's VE row). Data are in [0, 1] as for every VE model here (``center_input_sample`` in the
-UNet config maps them to [-1, 1] inside, like the official ``data.centered = False``).
+A diffusers model is a UNet2DModel plus a scheduler config, and the scheduler says which of our
+rows (``lightning_score.parameterization``) the UNet was trained under:
+
+| scheduler | our SDE | row | UNet2DModel is called with | and returns |
+| --- | --- | --- | --- | --- |
+| ``ScoreSdeVeScheduler`` (google/ncsnpp-*) | VE, sigma_min/max, N | ``ve`` | sigma (Fourier of its log) | the score (it divides by sigma) |
+| ``DDPMScheduler`` / ``DDIMScheduler``, linear betas, epsilon (google/ddpm-*) | VP, beta_min/max = N beta_start/end | ``vp`` | the DDPM timestep (N - 1) t | the noise z |
+| ``EDMEulerScheduler`` (epsilon) | EDM, sigma_min/max | ``edm`` | ln(sigma) / 4 | EDM's F (the scheduler preconditions) |
+
+The VP row is Song et al.'s: DDPM's betas beta_i = beta_start + i (beta_end - beta_start) / (N - 1)
+are the VP SDE's beta(t) / N on the grid t_i = i / (N - 1), so continuous time t is the DDPM index
+(N - 1) t and DDPM's alphas_cumprod approximate the SDE's alpha(t)^2 there to O(1 / N).
+``DiffusersUNet`` hands the UNet exp(c_noise) (the Fourier case) or c_noise, so every network here
+returns the raw F of its row and the parameterization does the rest.
 
 Both on-disk layouts load: the model repository layout (``config.json`` and
 ``scheduler_config.json`` side by side) and the pipeline layout (``unet/`` and ``scheduler/``).
@@ -13,17 +22,128 @@ A hub id works where the hub can be reached; here only local directories do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers import ScoreSdeVeScheduler, UNet2DModel
+from diffusers import ConfigMixin, UNet2DModel
 
+from lightning_score.config import ConfigError, ExperimentConfig
 from lightning_score.nets.score import ScoreModel
 from lightning_score.nets.unet import DiffusersUNet
-from lightning_score.parameterization import VEParameterization
-from lightning_score.sde import VESDE
+from lightning_score.parameterization import build_parameterization
+from lightning_score.sde import SDE
 
-SCHEDULER_CLASS = "ScoreSdeVeScheduler"
+#: UNet2DModel config entries that describe the file, not the network
+_FILE_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+
+
+@dataclass(frozen=True)
+class SchedulerRow:
+    """One diffusers scheduler as one of our (SDE, parameterization) pairs, in both directions."""
+
+    scheduler: str  # diffusers class name
+    pipeline: str | None  # the diffusers pipeline pairing UNet2DModel with it, if there is one
+    sde: str  # our sde.name
+    parameterization: str
+    embedding: str  # the UNet2DModel time_embedding_type the row needs
+    #: scheduler config -> our config entries (``sde.*``, ``model.sigma_data``); raises if inexact
+    to_config: Callable[[dict[str, Any]], dict[str, Any]]
+    #: our config -> the scheduler's config
+    from_config: Callable[[ExperimentConfig], dict[str, Any]]
+
+
+def _require(ok: bool, scheduler: str, why: str) -> None:
+    if not ok:
+        raise ValueError(f"{scheduler} with {why} has no score-SDE counterpart here")
+
+
+def _ve_entries(c: dict[str, Any]) -> dict[str, Any]:
+    n = c.get("num_train_timesteps", 2000)
+    return {"sde.sigma_min": c["sigma_min"], "sde.sigma_max": c["sigma_max"], "sde.N": n}
+
+
+def _ve_scheduler(cfg: ExperimentConfig) -> dict[str, Any]:
+    s = cfg.sde
+    eps = cfg.sampling.eps if cfg.sampling.eps is not None else 1e-5
+    return {
+        "num_train_timesteps": s.N,
+        "sigma_min": s.sigma_min,
+        "sigma_max": s.sigma_max,
+        "snr": cfg.sampling.snr,
+        "sampling_eps": eps,
+    }
+
+
+def _vp_entries(c: dict[str, Any]) -> dict[str, Any]:
+    name = c.get("_class_name", "DDPMScheduler")
+    _require(c.get("trained_betas") is None, name, "trained_betas")
+    schedule = c.get("beta_schedule", "linear")
+    _require(schedule == "linear", name, f"beta_schedule='{schedule}' (the VP SDE is linear)")
+    pred = c.get("prediction_type", "epsilon")
+    _require(pred == "epsilon", name, f"prediction_type='{pred}' (the vp row predicts epsilon)")
+    n = int(c.get("num_train_timesteps", 1000))
+    start, end = c.get("beta_start", 1e-4), c.get("beta_end", 0.02)
+    return {"sde.beta_min": n * start, "sde.beta_max": n * end, "sde.N": n}
+
+
+def _ddpm_scheduler(cfg: ExperimentConfig) -> dict[str, Any]:
+    s = cfg.sde
+    return {
+        "num_train_timesteps": s.N,
+        "beta_start": s.beta_min / s.N,
+        "beta_end": s.beta_max / s.N,
+        "beta_schedule": "linear",
+        "prediction_type": "epsilon",
+    }
+
+
+def _edm_entries(c: dict[str, Any]) -> dict[str, Any]:
+    pred = c.get("prediction_type", "epsilon")
+    _require(pred == "epsilon", "EDMEulerScheduler", f"prediction_type='{pred}'")
+    return {
+        "sde.sigma_min": c.get("sigma_min", 0.002),
+        "sde.sigma_max": c.get("sigma_max", 80.0),
+        "sde.N": c.get("num_train_timesteps", 1000),
+        "model.sigma_data": c.get("sigma_data", 0.5),
+    }
+
+
+def _edm_scheduler(cfg: ExperimentConfig) -> dict[str, Any]:
+    s = cfg.sde
+    return {
+        "sigma_min": s.sigma_min,
+        "sigma_max": s.sigma_max,
+        "sigma_data": cfg.model.sigma_data,
+        "num_train_timesteps": s.N,
+        "prediction_type": "epsilon",
+        "rho": cfg.sampling.rho,
+    }
+
+
+_VP = {"sde": "vpsde", "parameterization": "vp", "embedding": "positional"}
+SCHEDULER_ROWS: dict[str, SchedulerRow] = {
+    row.scheduler: row
+    for row in (
+        SchedulerRow("ScoreSdeVeScheduler", "ScoreSdeVePipeline", "vesde", "ve", "fourier",
+                     _ve_entries, _ve_scheduler),
+        SchedulerRow("DDPMScheduler", "DDPMPipeline", **_VP, to_config=_vp_entries,
+                     from_config=_ddpm_scheduler),
+        SchedulerRow("DDIMScheduler", "DDIMPipeline", **_VP, to_config=_vp_entries,
+                     from_config=_ddpm_scheduler),
+        SchedulerRow("EDMEulerScheduler", None, "edm", "edm", "positional", _edm_entries,
+                     _edm_scheduler),
+    )
+}  # fmt: skip
+#: the scheduler each of our (sde.name, parameterization) pairs exports with; sub-VP has none
+#: (its std 1 - e^{-B} is no DDPM schedule), nor do the rows on other SDEs
+EXPORT_ROWS = {
+    (r.sde, r.parameterization): r
+    for r in (
+        SCHEDULER_ROWS[n] for n in ("ScoreSdeVeScheduler", "DDPMScheduler", "EDMEulerScheduler")
+    )
+}
 
 
 def _local_subfolder(root: Path, filename: str, folder: str) -> str | None:
@@ -34,23 +154,19 @@ def _local_subfolder(root: Path, filename: str, folder: str) -> str | None:
     return None
 
 
-def _scheduler_config(source: str | Path) -> dict[str, Any] | None:
-    """The ScoreSdeVeScheduler config next to the UNet, or None when there is none."""
+def scheduler_config(source: str | Path) -> dict[str, Any] | None:
+    """The scheduler config next to the UNet (either layout), or None when there is none."""
     if Path(source).is_dir():
         sub = _local_subfolder(Path(source), "scheduler_config.json", "scheduler")
         subs = [] if sub is None else [sub]
     else:
         subs = ["", "scheduler"]
-    config = None
     for sub in subs:
         try:
-            config = ScoreSdeVeScheduler.load_config(str(source), subfolder=sub or None)
-            break
+            return dict(ConfigMixin.load_config(str(source), subfolder=sub or None))
         except OSError:
             continue
-    if config is None or config.get("_class_name", SCHEDULER_CLASS) != SCHEDULER_CLASS:
-        return None
-    return config
+    return None
 
 
 def load_diffusers_unet(source: str | Path) -> UNet2DModel:
@@ -72,39 +188,117 @@ def load_diffusers_unet(source: str | Path) -> UNet2DModel:
             raise root_error from None
 
 
+def _row_of(source: str | Path, unet: UNet2DModel, sched: dict[str, Any] | None) -> SchedulerRow:
+    embedding = unet.config.time_embedding_type
+    if sched is None:  # no scheduler: the UNet's embedding names the family
+        fallback = {"fourier": "ScoreSdeVeScheduler", "positional": "DDPMScheduler"}
+        if embedding not in fallback:
+            raise ValueError(f"{source}: no scheduler config and a '{embedding}' time embedding")
+        return SCHEDULER_ROWS[fallback[embedding]]
+    name = sched.get("_class_name", "")
+    if name not in SCHEDULER_ROWS:
+        raise ValueError(
+            f"{source}: scheduler {name or '(unnamed)'} has no score-SDE counterpart here; "
+            f"supported: {', '.join(SCHEDULER_ROWS)}"
+        )
+    row = SCHEDULER_ROWS[name]
+    if embedding != row.embedding:
+        raise ValueError(
+            f"{source}: UNet2DModel has time_embedding_type='{embedding}', but {name} models "
+            f"({row.parameterization} row) are conditioned with '{row.embedding}'"
+        )
+    return row
+
+
+def diffusers_entries(
+    source: str | Path, unet: UNet2DModel, overrides: dict[str, Any] | None = None
+) -> tuple[SchedulerRow, dict[str, Any]]:
+    """The row of a diffusers model and our ``sde.*`` / ``model.*`` entries for it.
+
+    The entries come from the accompanying scheduler config; ``overrides`` (dotted keys, None
+    values ignored) replace them and are required where there is no scheduler config.
+    """
+    sched = scheduler_config(source)
+    row = _row_of(source, unet, sched)
+    entries = row.to_config(sched) if sched is not None else {}
+    entries.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    needed = {
+        "vesde": ("sde.sigma_min", "sde.sigma_max"),
+        "vpsde": ("sde.beta_min", "sde.beta_max"),
+    }.get(row.sde, ())
+    missing = [k for k in needed if k not in entries]
+    if missing:
+        raise ValueError(
+            f"{source} has no scheduler config (scheduler_config.json) to read the noise range "
+            f"from: pass {' and '.join(k.removeprefix('sde.') for k in missing)} "
+            "(e.g. sigma_min 0.01 and sigma_max 348 for CelebA-HQ 256; beta_min 0.1 and "
+            "beta_max 20 for DDPM's linear betas 1e-4..0.02 over 1000 steps)"
+        )
+    return row, {"sde.name": row.sde, "model.parameterization": row.parameterization, **entries}
+
+
+def unet_kwargs(unet: UNet2DModel) -> dict[str, Any]:
+    """The UNet2DModel config as the keyword arguments of the ``diffusers`` network."""
+    return {k: v for k, v in dict(unet.config).items() if k not in _FILE_KEYS}
+
+
+def _sde_from_entries(entries: dict[str, Any]) -> SDE:
+    from lightning_score.config import SDEConfig
+    from lightning_score.sde import build_sde, validate_sde_config
+
+    cfg = SDEConfig(
+        name=entries["sde.name"],
+        **{
+            k.removeprefix("sde."): v
+            for k, v in entries.items()
+            if k.startswith("sde.") and k != "sde.name"
+        },
+    )
+    try:
+        validate_sde_config(cfg)
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+    return build_sde(cfg)
+
+
 def load_diffusers_score_model(
     source: str | Path,
     *,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
+    beta_min: float | None = None,
+    beta_max: float | None = None,
     num_scales: int | None = None,
-) -> tuple[ScoreModel, VESDE]:
-    """A score model (eval mode) and its VE SDE from a diffusers ``UNet2DModel``.
+) -> tuple[ScoreModel, SDE]:
+    """A score model (eval mode) and its SDE from a diffusers ``UNet2DModel`` and its scheduler.
 
-    sigma_min, sigma_max and N come from the accompanying ``ScoreSdeVeScheduler`` config; the
-    arguments override them and are required when there is no such config.
+    The noise range comes from the scheduler config (see the module table); the arguments
+    override it and are required when there is no scheduler config (a Fourier-embedded UNet is
+    then a VE model, a positional one a DDPM / VP model).
     """
     unet = load_diffusers_unet(source)
-    if unet.config.time_embedding_type != "fourier":
-        raise ValueError(
-            f"{source}: UNet2DModel has time_embedding_type='{unet.config.time_embedding_type}'; "
-            "only score-SDE VE models (time_embedding_type='fourier', conditioned on sigma) "
-            "can be wrapped as VE score models"
-        )
-    sched = _scheduler_config(source) or {}
-    values = {
-        "sigma_min": sigma_min if sigma_min is not None else sched.get("sigma_min"),
-        "sigma_max": sigma_max if sigma_max is not None else sched.get("sigma_max"),
-        "N": num_scales if num_scales is not None else sched.get("num_train_timesteps", 1000),
+    given = {
+        "sde.sigma_min": sigma_min,
+        "sde.sigma_max": sigma_max,
+        "sde.beta_min": beta_min,
+        "sde.beta_max": beta_max,
+        "sde.N": num_scales,
     }
-    if values["sigma_min"] is None or values["sigma_max"] is None:
-        raise ValueError(
-            f"{source} has no {SCHEDULER_CLASS} config (scheduler_config.json) to read the noise "
-            "range from: pass sigma_min and sigma_max (e.g. 0.01 and 348 for CelebA-HQ 256)"
-        )
-    sde = VESDE(
-        sigma_min=float(values["sigma_min"]),
-        sigma_max=float(values["sigma_max"]),
-        N=int(values["N"]),
+    row, entries = diffusers_entries(source, unet, given)
+    sde = _sde_from_entries(entries)
+    param = build_parameterization(
+        row.parameterization, sde, float(entries.get("model.sigma_data", 0.5))
     )
-    return ScoreModel(DiffusersUNet(unet), VEParameterization(sde)).eval(), sde
+    return ScoreModel(DiffusersUNet(unet), param).eval(), sde
+
+
+__all__ = [
+    "EXPORT_ROWS",
+    "SCHEDULER_ROWS",
+    "SchedulerRow",
+    "diffusers_entries",
+    "load_diffusers_score_model",
+    "load_diffusers_unet",
+    "scheduler_config",
+    "unet_kwargs",
+]

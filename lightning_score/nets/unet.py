@@ -1,8 +1,11 @@
-"""A small diffusers UNet2DModel for CPU runs and quick experiments."""
+"""diffusers' UNet2DModel as a network: a small one for CPU runs and quick experiments, and any
+UNet2DModel given by its diffusers config (models brought from diffusers)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 from diffusers import UNet2DModel
 from torch import Tensor, nn
@@ -64,3 +67,22 @@ def small_unet(
         attention_head_dim=None,
     )
     return DiffusersUNet(unet)
+
+
+def diffusers_unet2d(
+    data_shape: Sequence[int], param: Parameterization, **config: Any
+) -> DiffusersUNet:
+    """Any UNet2DModel, from the entries of its diffusers ``config.json`` (``model.kwargs``)."""
+    accepted = set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ValueError(f"model.kwargs has keys {unknown} that UNet2DModel does not take")
+    c, h, w = data_shape
+    size = config.get("sample_size")
+    sizes = (size, size) if isinstance(size, int) else tuple(size or (h, w))
+    if config.get("in_channels", 3) != c or sizes != (h, w):
+        raise ValueError(
+            f"this UNet2DModel takes {config.get('in_channels', 3)}x{sizes[0]}x{sizes[1]} inputs, "
+            f"the data are {c}x{h}x{w}: pick the data set (and data.image_size) it was trained on"
+        )
+    return DiffusersUNet(UNet2DModel(**config))

@@ -1,0 +1,33 @@
+"""``lscore export CKPT --format safetensors|diffusers --out DIR``: the model where the ecosystem is.
+
+``safetensors``: ``model.safetensors`` (EMA weights; ``--raw`` for the raw ones) with the resolved
+config in its metadata, ``config.json`` and a model card ``README.md``; every ``lscore`` command
+takes the folder (or the file) as its checkpoint. ``diffusers``: a folder diffusers'
+``from_pretrained`` loads, for models that map exactly onto ``UNet2DModel`` and a scheduler;
+others are refused with the reason (see ``lightning_score.export``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FORMATS = ("safetensors", "diffusers")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a training checkpoint (.ckpt) or an export")
+    parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--raw", action="store_true", help="export the raw weights instead of the EMA ones"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightning_score.export import export
+
+    path = export(args.checkpoint, args.fmt, args.out, raw=args.raw)
+    weights = "raw" if args.raw else "EMA"
+    print(f"wrote {args.fmt} export ({weights} weights) -> {path}")
+    return 0
