@@ -4,6 +4,10 @@ Writes a lightning-score checkpoint (the layout of ``lightning_score.checkpoint`
 ``state_dict``, raw ones in ``current_model_state``, the resolved config in
 ``hyper_parameters.config``), so ``lscore sample`` / ``evaluate`` / ``likelihood`` take it as is.
 The output loads with ``torch.load(weights_only=True)``.
+
+``lscore convert DIFFUSERS_DIR --data NAME [--out DIR]``: a diffusers model (UNet2DModel with a
+DDPM / DDIM, score-SDE VE or EDM scheduler) -> an export (``model.safetensors`` + config + model
+card) that every command takes; ``--data`` names the data set it was trained on.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from lightning_score.official import OFFICIAL_CONFIGS, OfficialWeights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?", help="official checkpoint_*.pth file")
+    parser.add_argument(
+        "checkpoint", nargs="?", help="official checkpoint_*.pth file, or a diffusers model folder"
+    )
     parser.add_argument(
         "--config",
         help="official config it was trained with (e.g. ve/cifar10_ncsnpp_continuous, "
@@ -50,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     preset.add_argument("--beta-min", type=float, default=0.1, help="VP / sub-VP beta_min")
     preset.add_argument("--beta-max", type=float, default=20.0, help="VP / sub-VP beta_max")
     preset.add_argument("--num-scales", type=int, default=1000, help="the SDE's N")
+    hub = parser.add_argument_group("diffusers model folder (UNet2DModel + scheduler)")
+    hub.add_argument("--data", help="data set it was trained on (data.name, e.g. cifar10)")
+    hub.add_argument("--data-root", default=None, help="where that data set lies (data.root)")
 
 
 def sde_overrides(args: argparse.Namespace) -> list[str]:
@@ -91,8 +100,32 @@ def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Pat
     return out
 
 
+def convert_diffusers(args: argparse.Namespace) -> int:
+    """A diffusers folder -> our safetensors export."""
+    from lightning_score.checkpoint import score_model_with
+    from lightning_score.diffusers_models import diffusers_experiment
+    from lightning_score.export import Trained, write_safetensors
+
+    if not args.data:
+        raise ValueError(
+            "a diffusers model does not say what it was trained on: pass --data NAME "
+            "(e.g. cifar10 for google/ddpm-cifar10-32)"
+        )
+    source = Path(args.checkpoint)
+    data = [f"data.name={args.data}"] + ([f"data.root={args.data_root}"] if args.data_root else [])
+    cfg, state = diffusers_experiment(source, data)
+    model = score_model_with(cfg, state, source).eval()
+    out = Path(args.out) if args.out else source.with_name(source.name + ".lscore")
+    write_safetensors(Trained(model, cfg, "ema", None, source), out)
+    print(f"wrote {out}: {cfg.sde.name} SDE, {cfg.model.parameterization} row, data {args.data}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from lightning_score.nets.ncsnpp import PRESETS
+
+    if args.checkpoint and Path(args.checkpoint).is_dir():
+        return convert_diffusers(args)
     from lightning_score.official import official_experiment, read_official_weights
 
     if args.list:

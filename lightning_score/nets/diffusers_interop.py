@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers import ConfigMixin, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 
 from lightning_score.config import ConfigError, ExperimentConfig
 from lightning_score.nets.score import ScoreModel
@@ -163,7 +163,8 @@ def scheduler_config(source: str | Path) -> dict[str, Any] | None:
         subs = ["", "scheduler"]
     for sub in subs:
         try:
-            return dict(ConfigMixin.load_config(str(source), subfolder=sub or None))
+            # any scheduler class reads any scheduler_config.json; _class_name says whose it is
+            return dict(DDPMScheduler.load_config(str(source), subfolder=sub or None))
         except OSError:
             continue
     return None
