@@ -12,18 +12,26 @@ of the data x in [0, 1]; the model sees z = scale_data(y); then
 bpd = -log p(z) / (D ln 2) + 8 - log2(dz/dy): "+ 8" turns a density on [0, 1)^D into
 probabilities of 256-level bins, and log2(dz/dy) = 1 for the [0, 1] -> [-1, 1] scaling of the
 VP / sub-VP SDEs (the official ``offset = 7 - inverse_scaler(-1)``).
+
+Over a data set (:func:`evaluate_bits_per_dim`) the noise of point i in repeat r (its
+dequantization, then its probe) comes from its own generator seeded by (seed, r, i), so a point's
+estimate depends on neither its batch-mates' noise nor the rank that evaluates it: data sharded
+over processes (:func:`gather_bits_per_dim`, one gather at the end and no collective in between,
+since adaptive solvers take different step counts on different ranks) give the numbers of one
+process.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from lightning_score.sampling.seeding import batch_seed, make_generator
 from lightning_score.sde import SDE, ScoreFn
 
 TRACE_ESTIMATORS = ("rademacher", "gaussian", "exact")
@@ -60,18 +68,43 @@ def _divergence(
     return drift.detach(), div.detach()
 
 
-def _on_generator_device(generator: torch.Generator | None, x: Tensor) -> torch.device:
-    return generator.device if generator is not None else x.device
+class PointNoise:
+    """Noise drawn row by row, each row (data point) from its own generator: what a point gets
+    does not depend on the batch it sits in."""
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.generators = [make_generator(seed) for seed in seeds]
+
+    def draw(self, kind: str, like: Tensor) -> Tensor:
+        rows = [_draw(kind, like[0].shape, like.dtype, "cpu", g) for g in self.generators]
+        return torch.stack(rows).to(like.device)
 
 
-def _probe(x: Tensor, trace: str, generator: torch.Generator | None) -> Tensor | None:
+Noise = torch.Generator | PointNoise | None
+
+
+def _draw(
+    kind: str, shape: torch.Size, dtype: torch.dtype, device: torch.device | str, noise: Noise
+) -> Tensor:
+    """Uniform on [0, 1), standard normal or Rademacher noise of ``shape`` on ``device``."""
+    if isinstance(noise, PointNoise):
+        return noise.draw(kind, torch.empty(shape, dtype=dtype, device=device))
+    where = noise.device if noise is not None else device
+    if kind == "uniform":
+        out = torch.rand(shape, generator=noise, dtype=dtype, device=where)
+    elif kind == "gaussian":
+        out = torch.randn(shape, generator=noise, dtype=dtype, device=where)
+    else:
+        out = torch.randint(0, 2, shape, generator=noise, device=where).to(dtype) * 2 - 1
+    return out.to(device)
+
+
+def _probe(x: Tensor, trace: str, noise: Noise) -> Tensor | None:
     if trace == "exact":
         return None
-    device = _on_generator_device(generator, x)
-    if trace == "gaussian":
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
-    signs = torch.randint(0, 2, x.shape, generator=generator, device=device).to(x.device)
-    return signs.to(x.dtype) * 2 - 1
+    return _draw(
+        "gaussian" if trace == "gaussian" else "rademacher", x.shape, x.dtype, x.device, noise
+    )
 
 
 def log_likelihood(
@@ -83,7 +116,7 @@ def log_likelihood(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     method: str = "dopri5",
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
 ) -> LogLikelihood:
     """log p_eps(x) for a batch x in model space (eq. 39), by one joint ODE solve from eps to T."""
     if trace not in TRACE_ESTIMATORS:
@@ -114,10 +147,9 @@ def log_likelihood(
     return LogLikelihood(logp=prior + delta_logp, prior_logp=prior, z=z, nfe=nfe)
 
 
-def dequantize(x01: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def dequantize(x01: Tensor, generator: Noise = None) -> Tensor:
     """Uniform dequantization of 8-bit data in [0, 1]: (255 x + U) / 256, U ~ U[0, 1)."""
-    device = _on_generator_device(generator, x01)
-    u = torch.rand(x01.shape, generator=generator, dtype=x01.dtype, device=device).to(x01.device)
+    u = _draw("uniform", x01.shape, x01.dtype, x01.device, generator)
     return (x01 * 255.0 + u) / 256.0
 
 
@@ -132,7 +164,7 @@ def bits_per_dim(
     sde: SDE,
     x01: Tensor,
     trace: str = "rademacher",
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     **ode_kwargs: float | str,
 ) -> tuple[Tensor, int]:
     """Bits/dim of 8-bit images x01 in [0, 1] (uniformly dequantized), and the solve's NFE."""
@@ -146,7 +178,7 @@ def continuous_bits_per_dim(
     sde: SDE,
     x: Tensor,
     trace: str = "rademacher",
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     **ode_kwargs: float | str,
 ) -> tuple[Tensor, int]:
     """-log2 p(x) / D for continuous data already in model space (e.g. the 2-D toy sets)."""
@@ -159,7 +191,14 @@ class BitsPerDim:
     """Bits/dim over a data set evaluated ``repeats`` times (fresh dequantization and probes)."""
 
     values: Tensor  # (repeats, N)
-    nfe: float  # mean NFE per ODE solve
+    indices: Tensor  # (N,) the data index of each column
+    nfe_total: int  # score evaluations over all ODE solves
+    solves: int
+
+    @property
+    def nfe(self) -> float:
+        """Mean NFE per ODE solve."""
+        return self.nfe_total / max(self.solves, 1)
 
     @property
     def mean(self) -> float:
@@ -185,24 +224,52 @@ class BitsPerDim:
 def evaluate_bits_per_dim(
     score_fn: ScoreFn,
     sde: SDE,
-    batches: Callable[[], Iterable[Tensor]],
+    batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
     repeats: int = 1,
     images: bool = True,
     trace: str = "rademacher",
-    generator: torch.Generator | None = None,
+    seed: int = 0,
     **ode_kwargs: float | str,
 ) -> BitsPerDim:
-    """Bits/dim over all batches of ``batches()``, ``repeats`` times (the official code uses 5
-    repeats on the test set). ``images``: 8-bit data in [0, 1], else continuous model-space data."""
+    """Bits/dim of every ``(indices, x)`` batch of ``batches()``, ``repeats`` times (the official
+    code uses 5 repeats on the test set). ``images``: 8-bit data in [0, 1], else continuous
+    model-space data. Point i's noise in repeat r is drawn from ``batch_seed(seed, r, i)``."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     fn = bits_per_dim if images else continuous_bits_per_dim
     rows, nfes = [], []
-    for _ in range(repeats):
-        row = []
-        for x in batches():
-            bpd, nfe = fn(score_fn, sde, x, trace, generator, **ode_kwargs)
+    indices = torch.zeros(0, dtype=torch.long)
+    for r in range(repeats):
+        row, seen = [], []
+        for idx, x in batches():
+            noise = PointNoise([batch_seed(seed, r, int(i)) for i in idx])
+            bpd, nfe = fn(score_fn, sde, x, trace, noise, **ode_kwargs)
             row.append(bpd.cpu())
+            seen.append(torch.as_tensor(idx, dtype=torch.long).reshape(-1))
             nfes.append(nfe)
-        rows.append(torch.cat(row))
-    return BitsPerDim(values=torch.stack(rows), nfe=sum(nfes) / len(nfes))
+        rows.append(torch.cat(row) if row else torch.zeros(0))
+        indices = torch.cat(seen) if seen else indices
+    return BitsPerDim(torch.stack(rows), indices, sum(nfes), len(nfes))
+
+
+def merge_bits_per_dim(parts: Sequence[BitsPerDim]) -> BitsPerDim:
+    """One result from shards of the data (e.g. one per rank), columns in data-index order."""
+    indices = torch.cat([p.indices for p in parts])
+    order = torch.argsort(indices)
+    values = torch.cat([p.values for p in parts], dim=1)[:, order]
+    return BitsPerDim(
+        values, indices[order], sum(p.nfe_total for p in parts), sum(p.solves for p in parts)
+    )
+
+
+def gather_bits_per_dim(local: BitsPerDim) -> BitsPerDim:
+    """Merge every rank's shard (all ranks get the result): the only collective of a
+    likelihood evaluation, so ranks whose solvers took different step counts never wait on each
+    other mid-solve. Without a process group it returns ``local``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts: list[BitsPerDim | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return merge_bits_per_dim([p for p in parts if p is not None])

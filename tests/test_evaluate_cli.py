@@ -144,9 +144,8 @@ def test_likelihood_command(ckpt: Path, tmp_path, monkeypatch, capsys) -> None:
     dm.setup()
     x = torch.stack([dm.val_set[i][0] for i in range(6)])
     direct = evaluate_bits_per_dim(
-        GaussianImageModel(), VPSDE(), lambda: [x], repeats=2,
-        generator=torch.Generator().manual_seed(1),
-    )  # fmt: skip
+        GaussianImageModel(), VPSDE(), lambda: [(torch.arange(6), x)], repeats=2, seed=1
+    )
     assert report["bpd"] == pytest.approx(direct.mean, rel=1e-5)
     assert report["bpd_stderr"] == pytest.approx(direct.stderr, rel=1e-4)
     # digits are far from N(0.5, 0.0625): a poor but finite model, several bits/dim

@@ -96,10 +96,10 @@ def test_hutchinson_within_stated_standard_error(trace: str) -> None:
     sde = VPSDE()
     g = correlated(sde)
     x = g.sample(24, torch.Generator().manual_seed(1))
-    gen = torch.Generator().manual_seed(2)
     result = evaluate_bits_per_dim(
-        g.score, sde, lambda: [x], repeats=6, images=False, trace=trace, generator=gen, eps=EPS
-    )
+        g.score, sde, lambda: [(torch.arange(24), x)], repeats=6, images=False, trace=trace,
+        seed=2, eps=EPS,
+    )  # fmt: skip
     exact_bpd = -g.log_prob(x, EPS) / (x.shape[1] * math.log(2))
     se = result.estimator_stderr
     assert se > 1e-4  # the probes do contribute variance here
@@ -148,8 +148,8 @@ def test_standard_errors() -> None:
     from lightning_score.likelihood import BitsPerDim
 
     values = torch.tensor([[1.0, 3.0, 5.0], [3.0, 5.0, 7.0]], dtype=torch.float64)
-    r = BitsPerDim(values=values, nfe=10.0)
-    assert r.mean == pytest.approx(4.0)
+    r = BitsPerDim(values=values, indices=torch.arange(3), nfe_total=60, solves=6)
+    assert r.mean == pytest.approx(4.0) and r.nfe == 10.0
     assert r.stderr == pytest.approx(float(torch.tensor([2.0, 4.0, 6.0]).std()) / math.sqrt(3))
     assert r.estimator_stderr == pytest.approx(math.sqrt(2.0 / 6))
 

@@ -4,6 +4,10 @@ Each repeat draws fresh uniform dequantization noise and fresh Hutchinson probes
 protocol: 5 repeats on the test set). Prints the mean with two standard errors: over data points
 (what differs between test sets) and from the estimator alone (dequantization and probes). For
 2-D toy data the points are continuous: no dequantization, and the NLL in nats is printed too.
+
+Under ``torchrun --nproc_per_node N -m lightning_score.cli likelihood ...`` each rank solves its
+share of the batches and the ranks gather their bits/dim once, at the end: the result equals one
+process's (each point's dequantization and probes are seeded by its index, not by its rank).
 """
 
 from __future__ import annotations
@@ -14,20 +18,32 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from lightning_score.commands.sample import resolve_device
 from lightning_score.likelihood import TRACE_ESTIMATORS
+
+if TYPE_CHECKING:
+    from lightning_score.distributed import Ranks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a training checkpoint (.ckpt)")
+    parser.add_argument(
+        "checkpoint", type=Path, help="a training checkpoint (.ckpt) or an export folder"
+    )
     parser.add_argument("--split", choices=["train", "test"], default="test")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--num", type=int, default=None, help="first N points (default: all)")
+    parser.add_argument(
+        "--num",
+        "--num-points",  # under torchrun, whose parser takes --num for its --numa-binding
+        dest="num",
+        type=int,
+        default=None,
+        help="first N points (default: all)",
+    )
     parser.add_argument("--trace", choices=TRACE_ESTIMATORS, default="rademacher")
     parser.add_argument(
         "--eps",
@@ -41,40 +57,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda ... (default: this rank's GPU if any, else cpu)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
 
 
 def run(args: argparse.Namespace) -> int:
+    from lightning_score.distributed import process_group
+
+    with process_group() as ranks:
+        return _run(args, ranks)
+
+
+def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     from lightning_score.checkpoint import load_score_model
     from lightning_score.data import build_datamodule
-    from lightning_score.likelihood import evaluate_bits_per_dim
+    from lightning_score.distributed import shard_batches
+    from lightning_score.likelihood import evaluate_bits_per_dim, gather_bits_per_dim
 
-    device = resolve_device(args.device)
+    device = ranks.device(args.device)
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     model.requires_grad_(False)
     dm = build_datamodule(dataclasses.replace(exp.data, random_flip=False), exp.seed)
     dm.setup()
     dataset = dm.train_set if args.split == "train" else dm.val_set
-    if args.num is not None:
-        dataset = Subset(dataset, range(min(args.num, len(dataset))))
+    num = len(dataset) if args.num is None else min(args.num, len(dataset))
+    mine = shard_batches(num, args.batch_size, ranks)
 
-    def batches() -> Iterator[Tensor]:
-        for batch in DataLoader(dataset, batch_size=args.batch_size, shuffle=False):
-            yield (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        loader = DataLoader(Subset(dataset, mine), batch_size=args.batch_size, shuffle=False)
+        for b, batch in enumerate(loader):
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            yield (
+                torch.tensor(mine[b * args.batch_size : b * args.batch_size + len(x)]),
+                x.to(device),
+            )
 
-    result = evaluate_bits_per_dim(
+    local = evaluate_bits_per_dim(
         model,
         model.sde,
         batches,
         repeats=args.repeats,
         images=dm.is_image,
         trace=args.trace,
-        generator=torch.Generator(device=device).manual_seed(args.seed),
+        seed=args.seed,
         eps=exp.loss.eps if args.eps is None else args.eps,
         rtol=args.rtol,
         atol=args.atol,
     )
+    result = gather_bits_per_dim(local)  # the one collective, after every solve
+    if ranks.rank != 0:
+        return 0
     dim = math.prod(dm.data_shape)
     estimator_se = result.estimator_stderr  # NaN for a single repeat
     report = {
@@ -88,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "bpd_stderr": result.stderr,
         "bpd_estimator_stderr": None if math.isnan(estimator_se) else estimator_se,
         "nfe": result.nfe,
+        "world_size": ranks.world_size,
     }
     spread = "n/a with 1 repeat" if math.isnan(estimator_se) else f"± {estimator_se:.4f}"
     line = (

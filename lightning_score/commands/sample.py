@@ -62,7 +62,9 @@ def sampling_from_args(base: SamplingConfig, args: argparse.Namespace) -> Sampli
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", help="a training checkpoint (.ckpt) written by `lscore train`"
+        "checkpoint",
+        help="a training checkpoint (.ckpt) written by `lscore train`, or an export folder "
+        "(`lscore export --format safetensors`)",
     )
     parser.add_argument(
         "--ema",
