@@ -34,6 +34,9 @@ def test_table_and_plot_from_a_sampler_list(checkpoint: Path, tmp_path: Path) ->
         "seconds",
         "samples_per_s",
         "sliced_wasserstein_to_data",
+        "sliced_wasserstein_to_data_stderr",
+        "within_noise_of_best",
+        "within_noise_of_previous",
     ]
     assert [(r["sampler"], int(r["steps"])) for r in rows] == [
         ("euler auto", 2),
@@ -56,9 +59,11 @@ def test_table_and_plot_from_a_sampler_list(checkpoint: Path, tmp_path: Path) ->
             0 < float(r["sliced_wasserstein_to_data"]) < 8
         )  # pixels in [0, 1], 64-d unit directions
     md = (tmp_path / "ablation.md").read_text().splitlines()
-    assert (
-        md[0].startswith("| sampler | steps | nfe | seconds | samples_per_s |") and len(md) == 2 + 6
+    assert md[0] == (
+        "| sampler | steps | nfe | seconds | samples_per_s | sliced_wasserstein_to_data ± se "
+        "| within noise of |"
     )
+    assert md[2 + 6] == "" and md[2 + 6 + 1].startswith(("Within noise", "No two"))
     png = (tmp_path / "ablation.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
@@ -128,3 +133,20 @@ def test_sliced_wasserstein_is_zero_on_itself_and_sees_a_shift() -> None:
     # 128 directions give a standard error of about 0.05.
     expected = 4 * math.gamma(8) / (math.sqrt(math.pi) * math.gamma(8.5))
     assert sliced_wasserstein(x, x + 1) == pytest.approx(expected, abs=0.2)
+
+
+def test_identical_settings_are_reported_within_noise(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same sampler twice draws the same samples: equal figures, a difference of exactly 0."""
+    assert ablate(checkpoint, tmp_path, "euler:2,euler:2,heun:2") == 0
+    rows = read_rows(tmp_path)
+    se = [float(r["sliced_wasserstein_to_data_stderr"]) for r in rows]
+    assert all(s > 0 for s in se) and se[0] == se[1]
+    assert rows[1]["within_noise_of_previous"] == "True"
+    out = capsys.readouterr().out
+    line = "euler auto @ 2 steps is within noise of euler auto @ 2 steps"
+    assert line in out and line in (tmp_path / "ablation.md").read_text()
+    assert "sliced_wasserstein_to_data 0." in out and " ± 0." in out
+    assert ablate(checkpoint, tmp_path / "plain", "euler:2", "--bootstrap", "0") == 0
+    assert "sliced_wasserstein_to_data_stderr" not in read_rows(tmp_path / "plain")[0]

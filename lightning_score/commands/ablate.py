@@ -10,6 +10,11 @@ Quality: ``--metric fid --ref-stats FILE`` (the standard Inception, ``lightning_
 the default ``sliced_wasserstein_to_data``: a cheap, clearly named proxy, the mean over 128 random
 directions of the 1-D Wasserstein-1 distance between samples and as many data examples (pixels
 in [0, 1]); lower is better. ``--metric none`` skips it.
+
+Each quality figure comes with a paired bootstrap standard error over the samples (``--bootstrap``
+replicates; ``lightning_score.metrics.uncertainty`` says why a bootstrap and why paired), drawn as
+error bars; the table marks the best setting and says which settings are within noise of it and
+of the previous setting of their family (95 % interval of the difference containing 0).
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ import csv
 import dataclasses
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_score.commands.sample import add_model_arguments, resolve_device
 from lightning_score.config import ExperimentConfig, SamplingConfig
 from lightning_score.images import to_data_space
 from lightning_score.sampling import check_sampling
+
+if TYPE_CHECKING:
+    from lightning_score.metrics.uncertainty import Bootstrap
 
 SWD = "sliced_wasserstein_to_data"
 COLUMNS = ["sampler", "steps", "nfe", "seconds", "samples_per_s"]
@@ -44,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", choices=["swd", "fid", "none"], default="swd")
     parser.add_argument(
         "--ref-stats", type=Path, default=None, help="reference stats .npz for --metric fid"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        help="paired bootstrap replicates for the quality's standard errors (0: none)",
     )
 
 
@@ -106,7 +121,8 @@ def parse_settings(spec: str, base: SamplingConfig) -> list[tuple[str, SamplingC
 
 
 class Quality:
-    """The quality column: its name and a function of samples in [0, 1] (or raw points)."""
+    """The quality column: per setting, its figure and what the bootstrap resamples
+    (projections for the sliced Wasserstein distance, Inception features for FID)."""
 
     def __init__(
         self, args: argparse.Namespace, exp: ExperimentConfig, device: torch.device
@@ -114,8 +130,10 @@ class Quality:
         self.name: str | None = None
         if args.metric == "swd":
             from lightning_score.data import data_examples
+            from lightning_score.metrics.sliced import project
 
             self.name, self.reference = SWD, data_examples(exp.data, exp.seed, args.num)
+            self.reference_features = project(self.reference)
         elif args.metric == "fid":
             if args.ref_stats is None:
                 raise ValueError(
@@ -130,23 +148,91 @@ class Quality:
             self.name = f"fid_{count_suffix(args.num)}"
         self.metric = args.metric
         self.device = device
+        self.features: list[Tensor] = []
 
     def __call__(self, samples: Tensor, batch_size: int) -> float:
+        """The figure of one setting's samples (in [0, 1]); keeps what the bootstrap needs."""
         if self.metric == "swd":
-            from lightning_score.metrics.sliced import sliced_wasserstein
+            from lightning_score.metrics.sliced import project, sliced_wasserstein
 
+            self.features.append(project(samples))
             return sliced_wasserstein(samples, self.reference)
         from lightning_score.metrics import ImageMetrics
 
-        metrics = ImageMetrics(["fid"], self.extractor).to(self.device)
+        recorder = _Recording(self.extractor)
+        metrics = ImageMetrics(["fid"], recorder).to(self.device)
         metrics.set_reference(self.stats)
         for chunk in samples.split(batch_size):
             metrics.update(chunk.to(self.device))
+        self.features.append(torch.cat(recorder.pool).cpu())
         return next(iter(metrics.compute().values()))
 
+    def bootstrap(self, replicates: int, seed: int) -> Bootstrap:
+        """Paired bootstrap replicates of every setting scored so far."""
+        from lightning_score.metrics import uncertainty
 
-def write_outputs(rows: list[dict[str, Any]], quality: str | None, out: Path) -> None:
-    columns = COLUMNS + ([quality] if quality else [])
+        if self.metric == "swd":
+            stat = uncertainty.sliced_wasserstein_statistic(self.features, self.reference_features)
+            m = self.reference_features.shape[0]
+        else:
+            mu, sigma = (torch.as_tensor(a) for a in (self.stats.mu, self.stats.sigma))
+            stat, m = uncertainty.frechet_statistic(self.features, mu, sigma), 1
+        n = min(f.shape[0] for f in self.features)
+        return uncertainty.paired_bootstrap(stat, n, m, replicates, seed)
+
+
+class _Recording(nn.Module):
+    """An extractor that also keeps the pool features it hands to the metrics."""
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.inner = extractor
+        self.name, self.num_features = extractor.name, extractor.num_features
+        self.has_logits = getattr(extractor, "has_logits", False)
+        self.pool: list[Tensor] = []
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        out = self.inner.features(images)
+        self.pool.append(out["pool"].detach())
+        return out
+
+
+def add_uncertainty(rows: list[dict[str, Any]], quality: str, boot: Bootstrap) -> list[str]:
+    """``{quality}_stderr`` and the noise verdicts into ``rows``; returns the summary lines."""
+    from lightning_score.metrics.uncertainty import LEVEL, verdicts
+
+    values = [r[quality] for r in rows]
+    found = verdicts(values, [r["sampler"] for r in rows], boot)
+    best = rows[values.index(min(values))]
+    lines = []
+    for row, v, se in zip(rows, found, boot.stderr().tolist(), strict=True):
+        row[f"{quality}_stderr"] = se
+        row["within_noise_of_best"] = v.best or v.same_as_best
+        row["within_noise_of_previous"] = "" if v.same_as_previous is None else v.same_as_previous
+        marks = ["(best)"] if v.best else []
+        if v.same_as_best:
+            marks.append("best")
+            lines.append(f"{_label(row)} is within noise of the best, {_label(best)}")
+        if v.same_as_previous and v.previous is not None:
+            marks.append(f"{rows[v.previous]['steps']} steps")
+            lines.append(f"{_label(row)} is within noise of {_label(rows[v.previous])}")
+        row["noise"] = ", ".join(marks)
+    rule = f"the {LEVEL:.0%} paired bootstrap interval of the difference contains 0"
+    if not lines:
+        return [f"No two compared settings are within noise ({rule} for none)."]
+    return [f"Within noise ({rule}):", *(f"- {line}" for line in lines)]
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['sampler']} @ {row['steps']} steps"
+
+
+def write_outputs(
+    rows: list[dict[str, Any]], quality: str | None, out: Path, notes: Sequence[str] = ()
+) -> None:
+    noise = [f"{quality}_stderr", "within_noise_of_best", "within_noise_of_previous"]
+    with_noise = quality is not None and noise[0] in rows[0]
+    columns = COLUMNS + ([quality] if quality else []) + (noise if with_noise else [])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "ablation.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
@@ -156,27 +242,48 @@ def write_outputs(rows: list[dict[str, Any]], quality: str | None, out: Path) ->
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    shown = COLUMNS + ([quality] if quality and not with_noise else [])
+    header = shown + ([f"{quality} ± se", "within noise of"] if with_noise else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [fmt(r[c]) for c in shown]
+        if with_noise:
+            cells += [f"{r[quality]:.4g} ± {r[noise[0]]:.2g}", r["noise"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *notes]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
+    fig = ablation_figure(rows, quality)
+    fig.savefig(out / "ablation.png", dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def ablation_figure(rows: list[dict[str, Any]], quality: str | None):
+    """Quality (or seconds) against NFE, one line per family; quality with ±1 se error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     y = quality or "seconds"
+    err = f"{quality}_stderr" if quality and f"{quality}_stderr" in rows[0] else None
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["sampler"] for r in rows):
-        pts = sorted((r["nfe"], r[y]) for r in rows if r["sampler"] == name)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        pts = sorted((r["nfe"], r[y], r[err] if err else 0.0) for r in rows if r["sampler"] == name)
+        nfe, value, se = zip(*pts, strict=True)
+        if err:
+            ax.errorbar(nfe, value, yerr=se, marker="o", capsize=3, label=name)
+        else:
+            ax.plot(nfe, value, marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("NFE (score evaluations per sample)")
-    ax.set_ylabel(y)
+    ax.set_ylabel(f"{y} (± 1 bootstrap se)" if err else y)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.savefig(out / "ablation.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +293,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
+    if args.bootstrap < 0 or args.bootstrap == 1:
+        raise ValueError(
+            f"--bootstrap must be 0 (off) or at least 2 replicates, got {args.bootstrap}"
+        )
     settings = parse_settings(args.samplers, exp.sampling)
     for _, cfg in settings:  # refuse bad settings before spending time on the good ones
         check_sampling(model.sde, cfg)
@@ -214,7 +325,16 @@ def run(args: argparse.Namespace) -> int:
             row[quality.name] = quality(to_data_space(model.sde, gen.samples), args.batch_size)
         rows.append(row)
         print(json.dumps(row))
-    write_outputs(rows, quality.name, args.out)
+    notes: list[str] = []
+    if quality.name and args.bootstrap:
+        notes = add_uncertainty(rows, quality.name, quality.bootstrap(args.bootstrap, args.seed))
+        for row in rows:
+            print(
+                f"{_label(row)}: {quality.name} {row[quality.name]:.4g} "
+                f"± {row[quality.name + '_stderr']:.2g}"
+            )
+        print("\n".join(notes))
+    write_outputs(rows, quality.name, args.out, notes)
     from lightning_score.loggers import report_to_wandb  # no-op unless W&B is in use
 
     plot, table = {"ablation/quality_vs_nfe": args.out / "ablation.png"}, {"ablation/results": rows}
