@@ -255,3 +255,21 @@ def test_models_that_do_not_map_are_refused_with_the_reason(
     err = capsys.readouterr().err.strip()
     assert reason in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "df").exists()
+
+
+def test_the_full_256px_ncsnpp_is_google_ncsnpp_celebahq_256s_unet() -> None:
+    """The paper's 256 px NCSN++ (65,574,549 parameters) maps weight for weight onto the
+    UNet2DModel layout of diffusers' google/ncsnpp-celebahq-256."""
+    from lightning_score.nets.diffusers_layout import to_diffusers_unet
+    from lightning_score.nets.ncsnpp import build_ncsnpp
+    from lightning_score.parameterization import VEParameterization
+    from lightning_score.sde import VESDE
+
+    net = build_ncsnpp("ncsnpp_256", (3, 256, 256), VEParameterization(VESDE(0.01, 348.0)))
+    unet = to_diffusers_unet(net, (3, 256, 256))
+    assert sum(p.numel() for p in unet.parameters()) == 65_574_549
+    skip = "SkipDownBlock2D"
+    assert list(unet.config.down_block_types) == [skip] * 4 + ["AttnSkipDownBlock2D"] + [skip] * 2
+    assert list(unet.config.block_out_channels) == [128, 128, 256, 256, 256, 256, 256]
+    assert unet.config.layers_per_block == 2 and unet.config.time_embedding_type == "fourier"
+    assert torch.equal(unet.time_proj.weight, net.embed.W)
