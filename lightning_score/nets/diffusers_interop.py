@@ -29,7 +29,7 @@ from typing import Any
 
 from diffusers import DDPMScheduler, UNet2DModel
 
-from lightning_score.config import ConfigError, ExperimentConfig
+from lightning_score.config import ExperimentConfig
 from lightning_score.nets.score import ScoreModel
 from lightning_score.nets.unet import DiffusersUNet
 from lightning_score.parameterization import build_parameterization
@@ -255,10 +255,7 @@ def _sde_from_entries(entries: dict[str, Any]) -> SDE:
             if k.startswith("sde.") and k != "sde.name"
         },
     )
-    try:
-        validate_sde_config(cfg)
-    except ConfigError as err:
-        raise ValueError(str(err)) from None
+    validate_sde_config(cfg)  # a ConfigError is a ValueError: one line for the user
     return build_sde(cfg)
 
 
