@@ -1,4 +1,5 @@
-"""Safe checkpoint loading: ``torch.load(weights_only=True)`` and errors that say what to do.
+"""Safe checkpoint loading: ``torch.load(weights_only=True)``, verified checksums, and errors that
+say what to do.
 
 A training checkpoint is Lightning's dict. With EMA on, ``state_dict`` holds the EMA weights and
 ``current_model_state`` the raw ones (Lightning's ``WeightAveraging`` layout); the resolved config
@@ -9,8 +10,16 @@ of weights, with the resolved config and which set it is in the file's metadata:
 holds tensors and strings only, so reading it can never run code. :func:`load_score_model` takes
 either.
 
-:func:`find_resume_checkpoint` picks the checkpoint a preempted run continues from: the newest one
-of its run directory that loads, with the reasons the newer ones did not.
+Checksums: ``torch.save`` writes a zip archive and stores a CRC-32 of every record (the pickle and
+each tensor's bytes) in it, but ``torch.load`` never checks them, so bytes damaged on disk or in a
+copy load silently as wrong weights. :func:`verify_checkpoint` checks every record against its
+stored CRC-32 before a checkpoint is used: nothing is added to the file format, any checkpoint
+``torch.save`` wrote is covered, and the cost is one read of the file at memory speed (CRC-32
+runs at several GB/s; see ``bench/checkpoint_verify.py``).
+
+:func:`find_resume_checkpoint` picks the checkpoint a preempted run continues from: the one with
+the highest step stored inside it that verifies, with the reasons the others were passed over.
+File times play no part: a copied or restored run directory has meaningless ones.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 
 import torch
 
-from lightning_score.config import ExperimentConfig, flatten, to_dict
+from lightning_score.config import ConfigError, ExperimentConfig, flatten, to_dict
 from lightning_score.experiment import build_score_model, from_dict
 from lightning_score.nets import ScoreModel
 
@@ -32,27 +41,78 @@ MODEL_PREFIX = "score_model."
 #: the weights file of an export, and the metadata keys that make it one of ours
 EXPORT_FILE = "model.safetensors"
 EXPORT_FORMAT = "lightning-score"
+_CHUNK = 1 << 24  # bytes per read while checking a record's CRC-32
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or lacks what was asked of it."""
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
-) -> dict[str, Any]:
-    """Load a checkpoint dict without unpickling arbitrary objects.
+def _require_zip(path: Path) -> None:
+    """Refuse files without the zip directory that torch.save writes last (text files, other
+    formats, truncated copies) before torch.load turns them into obscure tracebacks."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt, truncated or not a checkpoint at all (no zip archive "
+            "as torch.save writes): pass a .ckpt written by `lscore train`, or an earlier "
+            "checkpoint of the run (resume=auto picks the newest one that verifies)"
+        )
 
-    ``mmap=True`` maps tensors lazily instead of reading them: a cheap check that a file is a
-    complete checkpoint (a truncated file has lost the zip directory at its end) and a cheap read
-    of its metadata.
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a zip archive (``torch.save``'s format)
+    whose records all match their stored CRC-32.
+
+    Archives written with ``torch.utils.serialization.config.save.compute_crc32 = False`` store
+    zeros instead of checksums; they cannot be checked and pass.
+    """
+    path = Path(path)
+    _require_zip(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+            if all(r.CRC == 0 for r in records):
+                return
+            for record in records:
+                with archive.open(record) as fh:  # zipfile compares the CRC-32 at the end
+                    while fh.read(_CHUNK):
+                        pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: checksum mismatch or broken archive ({err}); "
+            "use an earlier checkpoint of the run (resume=auto picks the newest one that verifies)"
+        ) from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    mmap: bool = False,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint dict without unpickling arbitrary objects, its checksums verified.
+
+    ``mmap=True, verify=False`` maps tensors lazily instead of reading them: a cheap read of the
+    metadata (step, config) that says nothing about the tensors' bytes.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file")
+    if verify:
+        verify_checkpoint(path)
+    else:
+        _require_zip(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        ValueError,
+    ) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
             f"checkpoint {path} is corrupt, truncated or not a weights-only checkpoint ({first}); "
@@ -65,11 +125,18 @@ def load_checkpoint(
 
 def checkpoint_config(ckpt: dict[str, Any]) -> ExperimentConfig:
     try:
-        return from_dict(ckpt["hyper_parameters"]["config"])
-    except KeyError:
+        saved = ckpt["hyper_parameters"]["config"]
+    except (KeyError, TypeError):
         raise CheckpointError(
             "checkpoint carries no lightning-score config (hyper_parameters.config): "
             "was it written by `lscore train`?"
+        ) from None
+    try:
+        return from_dict(saved)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"the checkpoint's config does not fit this version of lightning-score ({err}); "
+            "was it written by another version?"
         ) from None
 
 
@@ -83,6 +150,16 @@ def model_state(ckpt: dict[str, Any], ema: bool) -> dict[str, torch.Tensor]:
         )
     state = ckpt["state_dict"] if ema or not has_ema else ckpt["current_model_state"]
     return {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+
+
+def is_loadable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` verifies and loads as a checkpoint of ours (weights, step and config)."""
+    try:
+        ckpt = load_checkpoint(path, mmap=True)
+        checkpoint_config(ckpt)
+        return "global_step" in ckpt
+    except CheckpointError:
+        return False
 
 
 def export_file(path: str | Path) -> Path | None:
@@ -131,7 +208,7 @@ def load_score_model(
         state, meta = load_export(exported, ema)
         cfg = from_dict(json.loads(meta["config"]))
     else:
-        ckpt = load_checkpoint(path, map_location)
+        ckpt = load_checkpoint(path)  # to the CPU: a device problem is not a checkpoint problem
         cfg = checkpoint_config(ckpt)
         state = model_state(ckpt, ema)
     return score_model_with(cfg, state, path).to(map_location).eval(), cfg
@@ -174,16 +251,16 @@ def config_changes(saved: ExperimentConfig, current: ExperimentConfig) -> list[s
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
-    """All checkpoint files of a run, newest first: ``checkpoints/*.ckpt`` and the
+    """All checkpoint files of a run, by name: ``checkpoints/*.ckpt`` and the
     ``hpc_ckpt_*.ckpt`` that Lightning writes on SLURM's requeue signal."""
     run_dir = Path(run_dir)
     files = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
-    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return sorted(files)
 
 
 @dataclass
 class ResumePoint:
-    """The checkpoint to continue from, and why each newer file was passed over."""
+    """The checkpoint to continue from, and why each other candidate was passed over."""
 
     path: Path
     step: int
@@ -191,18 +268,33 @@ class ResumePoint:
     skipped: list[str] = field(default_factory=list)
 
 
-def find_resume_checkpoint(run_dir: str | Path) -> ResumePoint | None:
-    """The newest checkpoint of ``run_dir`` that loads (weights only); None if it has none.
+def _preference(path: Path) -> int:
+    """Among files of the same step: ``last`` (written last), then the others."""
+    return {"last.ckpt": 0, "last-prev.ckpt": 2}.get(path.name, 1)
 
-    Unreadable files are passed over, never touched; if no file loads, the error lists why.
+
+def find_resume_checkpoint(run_dir: str | Path) -> ResumePoint | None:
+    """The checkpoint of ``run_dir`` with the highest stored step that verifies; None if it has
+    none. Unreadable files are passed over, never touched; if none verifies, the error says why.
+
+    The steps come from a cheap metadata read of every file; only the chosen one (and any that
+    fail before it) is read in full to verify its checksums.
     """
     skipped: list[str] = []
+    candidates: list[tuple[int, Path, ExperimentConfig]] = []
     for path in run_checkpoints(run_dir):
         try:
-            ckpt = load_checkpoint(path, mmap=True)
-            return ResumePoint(path, int(ckpt["global_step"]), checkpoint_config(ckpt), skipped)
+            ckpt = load_checkpoint(path, mmap=True, verify=False)
+            candidates.append((int(ckpt["global_step"]), path, checkpoint_config(ckpt)))
         except (CheckpointError, KeyError) as err:
             skipped.append(str(err) if isinstance(err, CheckpointError) else f"{path}: no {err}")
+    candidates.sort(key=lambda c: (-c[0], _preference(c[1]), c[1].name))
+    for step, path, config in candidates:
+        try:
+            verify_checkpoint(path)
+            return ResumePoint(path, step, config, skipped)
+        except CheckpointError as err:
+            skipped.append(str(err))
     if skipped:
         raise CheckpointError(
             f"no checkpoint of {run_dir} can be resumed from: {'; '.join(skipped)}; "

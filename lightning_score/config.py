@@ -96,6 +96,9 @@ class DataConfig:
     val_fraction: float = 0.1  # for sets without an official validation split
     num_points: int = 20000  # toy 2-D sets
     toy: str = "gaussian_mixture"  # gaussian_mixture | checkerboard | swiss_roll
+    # image files that cannot be read (folder, CelebA as a folder): stop (one line naming the
+    # file) | skip (left out with a warning that counts them)
+    bad_images: str = "stop"
 
 
 @dataclass
@@ -327,6 +330,48 @@ def require_choice(value: str, choices: set[str] | dict, key: str) -> None:
         )
 
 
+#: Lightning's accelerator names (``gpu``: CUDA or MPS, whichever the machine has)
+ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu"}
+
+
+def _devices_valid(devices: Any) -> bool:
+    """What Lightning accepts as ``devices``: a count >= 1, -1 (all), "auto", or device ids."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 0 and all(isinstance(d, int) and d >= 0 for d in devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return True
+        if "," in text:  # device ids, "0," for device 0 alone
+            ids = [p.strip() for p in text.split(",") if p.strip()]
+            return bool(ids) and all(p.isdigit() for p in ids)
+        return text.isdigit() and int(text) > 0
+    return isinstance(devices, int) and (devices > 0 or devices == -1)
+
+
+def hardware_problem(cfg: ExperimentConfig) -> str | None:
+    """Why ``cfg.trainer`` cannot run on this machine (an accelerator it lacks), else None.
+
+    Not part of :func:`validate`: a config for a GPU cluster is valid on a laptop, where
+    ``--dry-run`` reports this as a note and training refuses to start.
+    """
+    from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
+
+    name = cfg.trainer.accelerator
+    if name in ("auto", "cpu"):
+        return None
+    if name == "gpu":
+        available = CUDAAccelerator.is_available() or MPSAccelerator.is_available()
+    else:
+        available = AcceleratorRegistry[name]["accelerator"].is_available()
+    if available:
+        return None
+    return (
+        f"trainer.accelerator={name} is not available on this machine: use "
+        "trainer.accelerator=cpu (or auto) here, or run on a machine that has it"
+    )
+
+
 def _device_count(devices: Any) -> int | None:
     """Devices per node as Lightning reads ``trainer.devices`` (None: decided at run time)."""
     if isinstance(devices, (list, tuple)):
@@ -343,6 +388,12 @@ def _device_count(devices: Any) -> int | None:
 def check_run_sections(cfg: ExperimentConfig) -> None:
     """Checks of the sections that belong to the run as a whole (not to one part of it)."""
     require(cfg.resume.strip() != "", "resume must be none, auto or the path of a checkpoint")
+    require(cfg.name.strip() != "", "name must not be empty: it names the run directory")
+    name = Path(cfg.name)
+    require(
+        not name.is_absolute() and ".." not in name.parts,
+        f"name='{cfg.name}' must stay inside out_dir: a relative path without '..'",
+    )
     o = cfg.optim
     require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
@@ -371,6 +422,21 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
     )
     require_choice(t.nonfinite, {"stop", "skip"}, "trainer.nonfinite")
     require_choice(t.compile, set(COMPILE_MODES), "trainer.compile")
+    require_choice(t.accelerator, ACCELERATORS, "trainer.accelerator")
+    require(
+        _devices_valid(t.devices),
+        f"trainer.devices must be a positive count, -1, 'auto' or a list of device ids, "
+        f"got {t.devices!r}",
+    )
+    require(t.num_nodes > 0, f"trainer.num_nodes must be positive, got {t.num_nodes}")
+    require(
+        t.val_check_interval > 0,
+        f"trainer.val_check_interval must be a positive number of steps, got {t.val_check_interval}",
+    )
+    require(
+        t.log_every_n_steps > 0,
+        f"trainer.log_every_n_steps must be positive, got {t.log_every_n_steps}",
+    )
     devices = _device_count(t.devices)
     if devices is not None and devices * t.num_nodes > 1:
         world = devices * t.num_nodes
@@ -380,4 +446,9 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
             f"by trainer.devices x trainer.num_nodes ({world})",
         )
     require(cfg.checkpoint.every_n_steps > 0, "checkpoint.every_n_steps must be positive")
+    g = cfg.sample_grid
+    require(g.num > 0, f"sample_grid.num must be positive, got {g.num}")
+    require(
+        g.every_n_steps > 0, f"sample_grid.every_n_steps must be positive, got {g.every_n_steps}"
+    )
     require_choice(cfg.logger.name, {"csv", "tensorboard", "wandb"}, "logger.name")

@@ -4,10 +4,15 @@ update before it reaches the weights.
 
 * :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes a temporary file next to
   the target, fsyncs it and renames it into place; the file it replaces is kept as
-  ``<name>-prev.ckpt``. Lightning's own ``TorchCheckpointIO`` writes through an fsspec
-  transaction whose temporary file lives in the system temp directory: when that is another
-  filesystem, the final move is a copy that a kill can leave half-written. Loading is always
-  ``torch.load(weights_only=True)``, whatever the caller asks for, and it never deletes a file.
+  ``<name>-prev.ckpt`` if it still verifies and loads as a checkpoint of ours, else set aside as
+  ``<name>.corrupt-<time>`` (never rotated over the good predecessor). Lightning's own
+  ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file lives in the
+  system temp directory: when that is another filesystem, the final move is a copy that a kill can
+  leave half-written. Loading is always ``torch.load(weights_only=True)`` with verified checksums,
+  whatever the caller asks for, and it never deletes a file.
+* A writer holds an exclusive ``flock`` on its temporary file until the rename, so
+  :func:`remove_orphaned_temp_files` can tell the leftovers of a killed writer (lock free) from a
+  write under way in another process.
 * :class:`RunCheckpoint` (a ``ModelCheckpoint``) also saves ``last`` at the final step and when
   Lightning's SIGTERM handling stops the run.
 * :class:`NonFiniteGuard` checks the loss and the gradients before every optimizer step, on the
@@ -16,10 +21,10 @@ update before it reaches the weights.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import time
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +41,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from lightning_score.callbacks_logging import is_logging_step
-from lightning_score.checkpoint import load_checkpoint
+from lightning_score.checkpoint import is_loadable_checkpoint, load_checkpoint
+from lightning_score.outputs import file_mode
 
 #: the exit status of a run stopped by SIGTERM after saving (128 + 15, as if killed by it): job
 #: schedulers that restart failed jobs must not mistake a preempted run for a finished one
@@ -76,19 +82,30 @@ def _nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _is_complete(path: Path) -> bool:
-    """Whether a checkpoint file still has its zip directory (which truncation cuts off first)."""
-    try:
-        with zipfile.ZipFile(path):
-            return True
-    except (zipfile.BadZipFile, OSError):
-        return False
+#: temporary files of :class:`AtomicCheckpointIO`: ``.<target name>.<random>.tmp``
+TEMP_PATTERN = ".*.ckpt.*.tmp"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def remove_orphaned_temp_files(directory: Path) -> list[Path]:
+    """Delete the temporary checkpoint files in ``directory`` that no live writer holds locked
+    (a kill during a write leaves one behind, as large as a checkpoint); return them."""
+    removed = []
+    for tmp in sorted(Path(directory).glob(TEMP_PATTERN)):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a writer is at work on it
+            os.close(fd)
+            continue
+        try:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -118,24 +135,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        # Locked until renamed: the lock tells remove_orphaned_temp_files a writer is alive.
+        with os.fdopen(fd, "wb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX)
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
-            if path.exists():
-                # A file that lost its end is kept aside, not rotated over the good predecessor.
-                keep = (
-                    path.with_name(f"{path.stem}-prev{path.suffix}")
-                    if _is_complete(path)
-                    else path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
-                )
-                os.replace(path, keep)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                os.chmod(tmp, file_mode())  # mkstemp makes it private; a checkpoint is not
+                if path.exists():
+                    # A file that does not verify or is not our checkpoint is kept aside, not
+                    # rotated over the good predecessor.
+                    keep = (
+                        path.with_name(f"{path.stem}-prev{path.suffix}")
+                        if is_loadable_checkpoint(path)
+                        else path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
+                    )
+                    os.replace(path, keep)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         _fsync_dir(path.parent)
 
     def load_checkpoint(
@@ -179,6 +199,15 @@ class RunCheckpoint(ModelCheckpoint):
             for callback in trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(callback, WeightAveraging):
                     callback.on_validation_epoch_end(trainer, pl_module)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop.batch_progress.current.completed >= trainer.num_training_batches:
+            # Stopped between epochs: Lightning raises after closing an epoch, before the next
+            # one resets its batch counters, and would restore the closed epoch's counts into
+            # the new epoch (cutting it short). Save the state the next epoch starts from.
+            epoch_loop.batch_progress.reset_on_run()
+            epoch_loop.scheduler_progress.reset_on_run()
+            epoch_loop.automatic_optimization.optim_progress.reset_on_run()
+            epoch_loop.val_loop.batch_progress.total.reset()
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         rank_zero_info(

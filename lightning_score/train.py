@@ -8,8 +8,13 @@
 A checkpoint holds the model, EMA, optimizer, LR schedule, loop progress (step) and the train
 loader's position; batch-level seeding makes the RNG streams a function of that position, so a
 resumed run repeats what the interrupted one would have done (see ``data/resumable.py``).
-``resume=auto`` (the default) continues from the newest checkpoint of the run directory that
-loads, so rerunning a preempted command continues it.
+``resume=auto`` (the default) continues from the checkpoint of the run directory with the highest
+step that verifies, so rerunning a preempted command continues it.
+
+Check first, write after: which checkpoint to continue from, whether the configured network can
+take its weights and whether the config may change are all decided before anything in the run
+directory is written; ``config.yaml`` is written once training has started, the log is continued,
+never replaced (see ``loggers.py``), and temporary files of killed checkpoint writers are removed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -29,13 +35,15 @@ from torch.nn import Module
 from lightning_score.callbacks import SampleGridCallback
 from lightning_score.callbacks_logging import logging_callbacks
 from lightning_score.checkpoint import (
+    ResumePoint,
     checkpoint_config,
     config_changes,
     find_resume_checkpoint,
     load_checkpoint,
     run_checkpoints,
+    verify_checkpoint,
 )
-from lightning_score.config import ConfigError, ExperimentConfig, save_config
+from lightning_score.config import ConfigError, ExperimentConfig, hardware_problem, save_config
 from lightning_score.data import build_datamodule
 from lightning_score.ema import EMA
 from lightning_score.loggers import build_logger
@@ -46,6 +54,7 @@ from lightning_score.reliability import (
     AtomicCheckpointIO,
     NonFiniteGuard,
     RunCheckpoint,
+    remove_orphaned_temp_files,
 )
 from lightning_score.speed import CompileTimer, apply_speed_options
 
@@ -129,8 +138,11 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
     return callbacks
 
 
-def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> L.Trainer:
-    """The Trainer for ``cfg``; ``callbacks`` are added to the configured ones."""
+def build_trainer(
+    cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), resume_step: int = 0
+) -> L.Trainer:
+    """The Trainer for ``cfg``; ``callbacks`` are added to the configured ones; ``resume_step``
+    is the step a resumed run continues from (its log is continued from there)."""
     t = cfg.trainer
     return L.Trainer(
         default_root_dir=str(cfg.run_dir),
@@ -148,14 +160,14 @@ def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> 
         limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
-        logger=build_logger(cfg),
+        logger=build_logger(cfg, resume_step),
         callbacks=[*build_callbacks(cfg), *callbacks],
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
     )
 
 
-def resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
+def resume_checkpoint(cfg: ExperimentConfig) -> ResumePoint | None:
     """The checkpoint that ``cfg.resume`` continues from (None: start fresh), decided before any
     data is read. Never deletes or changes a file."""
     if cfg.resume == "none":
@@ -168,10 +180,9 @@ def resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
         return None
     if cfg.resume != "auto":
         path = Path(cfg.resume)
-        changes = config_changes(checkpoint_config(load_checkpoint(path, mmap=True)), cfg)
-        if changes:
-            rank_zero_warn(f"resume={path}: continuing with a changed config: {'; '.join(changes)}")
-        return path
+        verify_checkpoint(path)
+        ckpt = load_checkpoint(path, mmap=True, verify=False)
+        return ResumePoint(path, int(ckpt.get("global_step", 0)), checkpoint_config(ckpt))
     point = find_resume_checkpoint(cfg.run_dir)
     if point is None:
         return None
@@ -192,7 +203,69 @@ def resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
         else ""
     )
     rank_zero_info(f"resume=auto: continuing from {point.path}{older} at step {point.step}{done}")
-    return point.path
+    return point
+
+
+def check_continuable(module: ScoreModule, point: ResumePoint, cfg: ExperimentConfig) -> None:
+    """Refuse, before anything is written, a checkpoint that the configured run cannot continue:
+    weights that do not fit the network, or EMA switched on or off."""
+    ckpt = load_checkpoint(point.path, mmap=True, verify=False)
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    reshaped = [k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k]]
+    problems = []
+    if ours.keys() != theirs.keys() or reshaped:
+        problems.append(
+            f"its weights do not fit the configured network ({len(ours.keys() - theirs.keys())} "
+            f"missing, {len(theirs.keys() - ours.keys())} unexpected, {len(reshaped)} of "
+            "another shape)"
+        )
+    if ("current_model_state" in ckpt) != cfg.ema.enabled:
+        problems.append(f"it was {'not ' * cfg.ema.enabled}trained with EMA")
+    if not problems:
+        return
+    changes = config_changes(point.config, cfg)
+    keys = [change.split(":")[0] for change in changes]
+    names = [change for change in changes if change.split(":")[0].endswith(".name")]
+    differ = f"{', '.join(keys)} ({'; '.join(names)})" if names else ", ".join(keys) or "none"
+    raise ConfigError(
+        f"resume={point.path} cannot continue this run: {' and '.join(problems)}; "
+        f"config keys that differ: {differ}; for a new run pick another name= or out_dir="
+    )
+
+
+class RunDirectory(Callback):
+    """Writes ``config.yaml`` and removes temporary files of killed checkpoint writers once the
+    fit has started (data set up, checkpoint restored): a run that fails earlier changes nothing."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for directory in (self.cfg.run_dir / "checkpoints", self.cfg.run_dir):
+            for path in remove_orphaned_temp_files(directory):
+                rank_zero_info(f"removed {path}, left by a checkpoint write that was killed")
+        save_config(self.cfg, self.cfg.run_dir / "config.yaml")
+
+
+class ConfiguredOptimizer(Callback):
+    """After resuming with changed ``optim.*`` values, the optimizer and LR schedule run with the
+    config's values rather than the checkpoint's (restoring the optimizer state would otherwise
+    bring back the old learning rate, betas, eps and weight decay)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fresh_optimizers, fresh_schedulers = _init_optimizers_and_lr_schedulers(pl_module)
+        for live, fresh in zip(trainer.optimizers, fresh_optimizers, strict=True):
+            for live_group, fresh_group in zip(live.param_groups, fresh.param_groups, strict=True):
+                live_group.update({k: v for k, v in fresh_group.items() if k != "params"})
+        for live, fresh in zip(trainer.lr_scheduler_configs, fresh_schedulers, strict=True):
+            scheduler = live.scheduler
+            scheduler.base_lrs = list(fresh.scheduler.base_lrs)  # type: ignore[attr-defined]
+            # Recompute the current rates from the new base rates and (new) schedule.
+            scheduler.last_epoch -= 1  # type: ignore[attr-defined]
+            scheduler.step()
 
 
 def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
@@ -200,19 +273,35 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
 
     A run stopped by SIGTERM saves ``last`` and exits with status 143 (``SystemExit``).
     """
-    ckpt_path = resume_checkpoint(cfg)
+    problem = hardware_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+    point = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.seed)
     module = ScoreModule.from_config(cfg)
+    own: list[Callback] = [RunDirectory(cfg)]
+    if point is not None:
+        check_continuable(module, point, cfg)
+        changes = config_changes(point.config, cfg)  # only resume=<path> gets here with changes
+        if changes:
+            rank_zero_warn(
+                f"resume={point.path}: continuing with a changed config: {'; '.join(changes)}"
+            )
+        if any(change.startswith("optim.") for change in changes):
+            own.append(ConfiguredOptimizer())
     apply_speed_options(module.score_model, cfg.trainer)
-    trainer = build_trainer(cfg, callbacks)
-    if trainer.is_global_zero:
-        save_config(cfg, cfg.run_dir / "config.yaml")
+    trainer = build_trainer(cfg, [*own, *callbacks], resume_step=point.step if point else 0)
     with warnings.catch_warnings():
-        if ckpt_path is not None:  # a resumed run's checkpoint directory is expected to be full
+        if point is not None:  # a resumed run's checkpoint directory is expected to be full
             warnings.filterwarnings("ignore", message="Checkpoint directory .* not empty")
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=point.path if point else None,
+                weights_only=True,
+            )
         except SIGTERMException:
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
     return cfg.run_dir

@@ -183,3 +183,41 @@ def test_csv_stays_the_default_and_wandb_files_follow_wandb_dir(tmp_path, monkey
     assert Path(build_logger(cfg).save_dir) == cfg.run_dir / "logs"
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
     assert Path(build_logger(cfg).save_dir) == tmp_path / "elsewhere"
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    """Rerunning a stopped run logs to the W&B run it started (same id; `wandb sync` merges the
+    offline parts), not to a new run per restart."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    overrides = [
+        f"out_dir={tmp_path}",
+        "logger.name=wandb",
+        "model.kwargs.channels=[8, 16]",
+        "data.batch_size=16",
+        "trainer.val_check_interval=100",
+        "trainer.log_every_n_steps=1",
+        "checkpoint.every_n_steps=2",
+        "sample_grid.every_n_steps=100",
+        "sample_grid.num=4",
+        "sampling.steps=2",
+    ]
+    quickstart = ROOT / "configs" / "quickstart.yaml"
+    run_dir = train(load_config(quickstart, [*overrides, "trainer.max_steps=2"]))
+    train(load_config(quickstart, [*overrides, "trainer.max_steps=4"]))
+    import wandb
+
+    wandb.teardown()
+    parts = sorted((run_dir / "logs" / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2
+    ids = {p.name.rsplit("-", 1)[1] for p in parts}
+    assert len(ids) == 1, ids
+    assert (run_dir / "logs" / "wandb-run-id").read_text().strip() in ids
+    # a new run in the same place (after removing the old one's checkpoints) gets a new id
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+    train(load_config(quickstart, [*overrides, "trainer.max_steps=2", "resume=none"]))
+    wandb.teardown()
+    assert (run_dir / "logs" / "wandb-run-id").read_text().strip() not in ids

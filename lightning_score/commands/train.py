@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from lightning_score.config import hardware_problem
 from lightning_score.experiment import load_config
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(path, args.overrides)
     if args.dry_run:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        problem = hardware_problem(cfg)
+        if problem:
+            print(f"note: {problem}", file=sys.stderr)
         return 0
     from lightning_score.train import train
 

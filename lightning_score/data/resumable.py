@@ -8,14 +8,13 @@ resumed run replay an uninterrupted one:
   also gives each rank its own shard; Lightning leaves a ``DistributedSampler`` in place);
 * a restored loader skips the batches already consumed by dropping their indices in the sampler,
   so no skipped example is loaded;
-* before each batch is fetched, the process RNGs (torch, numpy, random) are seeded from
-  ``(seed, epoch, batch, rank)``. Random augmentation at fetch time and the training step's draws
-  of t and noise then depend only on the batch's position, not on whatever validation or sample
-  grids drew in between; ranks draw different t and noise.
-
-Augmentation inside DataLoader worker processes (``data.num_workers > 0``) uses the workers' own
-RNGs, whose state is not restored: with workers and random augmentation, a resumed run is a
-valid continuation but not bit-identical.
+* the random draws depend on a batch's position ``(seed, epoch, batch, rank)`` alone: the sampler
+  hands each batch's position to the data set along with its indices, and the process that
+  fetches the batch (the main one, or a DataLoader worker with ``data.num_workers > 0``, whose
+  RNG state no checkpoint could hold) seeds torch, numpy and ``random`` from it before the random
+  augmentation; the main process then seeds the training step's draws of t and noise from the
+  same position (a second stream). Ranks draw differently; a run with workers draws exactly what
+  it draws without them, and validation or sample grids in between change nothing.
 """
 
 from __future__ import annotations
@@ -28,26 +27,51 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+#: the two random streams of a batch: its augmentation (where it is fetched) and the training step
+FETCH, STEP = 0, 1
 
-def seed_batch_rng(seed: int, epoch: int, batch: int, rank: int) -> None:
+
+def seed_batch_rng(seed: int, epoch: int, batch: int, rank: int, stream: int = FETCH) -> None:
     """Seed torch, numpy and ``random`` from a batch's position (well mixed by ``SeedSequence``)."""
-    lo, hi = np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(2)
+    lo, hi = np.random.SeedSequence([seed, epoch, batch, rank, stream]).generate_state(2)
     torch.manual_seed((int(hi) << 32) | int(lo))
     np.random.seed(int(lo))
     random.seed(int(lo))
 
 
 class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` (shuffled by ``seed + epoch``) that can start an epoch mid-way."""
+    """``DistributedSampler`` (shuffled by ``seed + epoch``) that can start an epoch mid-way and
+    yields ``(epoch, batch, index)``: each index with the position of the batch it goes into."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size = batch_size
         self.skip = 0  # indices to drop at the start of the next epoch, then reset
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:  # type: ignore[override]
         indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
-        return iter(indices[skip:])
+        skip, self.skip, epoch = self.skip, 0, self.epoch
+        return (
+            (epoch, (skip + k) // self.batch_size, index) for k, index in enumerate(indices[skip:])
+        )
+
+
+class PositionSeeded(Dataset):
+    """Fetches a batch of ``(epoch, batch, index)`` items with the RNGs seeded from the batch's
+    position first, in whichever process fetches it (DataLoader workers included)."""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int) -> None:
+        self.dataset, self.seed, self.rank = dataset, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitems__(self, items: list[tuple[int, int, int]]) -> list[Any]:
+        epoch, batch, _ = items[0]
+        seed_batch_rng(self.seed, epoch, batch, self.rank, FETCH)
+        return [self.dataset[index] for _, _, index in items]
 
 
 class ResumableDataLoader(DataLoader):
@@ -62,8 +86,10 @@ class ResumableDataLoader(DataLoader):
         rank: int = 0,
         **kwargs: Any,
     ) -> None:
-        sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        sampler = ResumableSampler(dataset, num_replicas, rank, seed, batch_size)
+        super().__init__(
+            PositionSeeded(dataset, seed, rank), batch_size=batch_size, sampler=sampler, **kwargs
+        )
         self.seed = seed
         self._position = 0  # batches of the current epoch handed to the trainer
         self._resume_at = 0
@@ -77,11 +103,11 @@ class ResumableDataLoader(DataLoader):
         sampler.skip = start * self.batch_size  # type: ignore[operator]
         batches = super().__iter__()
         for index in range(start, len(self)):
-            seed_batch_rng(self.seed, sampler.epoch, index, sampler.rank)
             try:
                 batch = next(batches)
             except StopIteration:
                 return
+            seed_batch_rng(self.seed, sampler.epoch, index, sampler.rank, STEP)
             self._position = index + 1
             yield batch
 

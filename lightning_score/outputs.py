@@ -1,0 +1,109 @@
+"""Files that commands write: checked before the work, never silently replaced, never the input,
+and whole or absent.
+
+A command lists its output paths first (:func:`check_outputs`): a destination that cannot be
+written, or that already exists without ``--overwrite``, is refused with one line before any
+sampling or metric work starts. Each file is then written through :func:`atomic_path`: a
+temporary file beside the target, renamed over it once complete, so an interrupted command leaves
+the previous file (or none), never half of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path that would replace something or cannot be written; says what to do."""
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that already exist (default: refuse and keep them)",
+    )
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open`` under the current umask (``mkstemp`` makes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def ensure_directory(directory: Path) -> None:
+    """Create ``directory`` (with parents) and prove it writable with a probe file."""
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(
+            f"{directory} exists and is not a directory: choose another output directory"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"cannot create {directory} ({err.strerror}): choose another output location"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+    except OSError as err:
+        raise OutputError(
+            f"cannot write to {directory} ({err.strerror}): choose another output location"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(paths: Iterable[Path], overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, outputs that are an input (even with ``overwrite``), a
+    directory, an existing file (without ``overwrite``), or in a directory that cannot be
+    created or written."""
+    inputs = [Path(p) for p in inputs]
+    for path in map(Path, paths):
+        for source in inputs:
+            if _same_file(path, source):
+                raise OutputError(f"{path} is the input {source}: write the output to another path")
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory: give a file name for the output")
+        if path.exists() and not overwrite:
+            raise OutputError(
+                f"{path} exists: pass --overwrite to replace it, or choose another output path"
+            )
+        ensure_directory(path.parent)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, with the same suffix (writers such as ``np.savez`` and
+    ``savefig`` choose the format by it), that replaces ``path`` when the block succeeds and is
+    removed when it fails."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """``path.write_text(text)``, whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
