@@ -50,8 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except _user_errors() as err:
-        print(f"lscore {args.command}: error: {err}", file=sys.stderr)
+        print(f"lscore {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The message; for an error raised in a DataLoader worker (which PyTorch re-raises with the
+    worker's whole traceback as its message) the original message alone."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ stored in it.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,18 @@ def read_official_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # text, other formats, truncated copies
+        raise OfficialCheckpointError(
+            f"{path} is not a checkpoint, or a truncated one: it lacks the zip archive that "
+            "torch.save writes (score_sde_pytorch's checkpoint_*.pth files are such archives)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OfficialCheckpointError(
+            f"{path} is not a checkpoint, or a damaged one ({first})"
+        ) from None
     except pickle.UnpicklingError as err:
         if not trust_checkpoint:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

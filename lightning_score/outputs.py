@@ -1,9 +1,9 @@
 """Files that commands write: checked before the work, never silently replaced, never the input,
 and whole or absent.
 
-A command lists its output paths first (:func:`check_outputs`): a destination that cannot be
-written, or that already exists without ``--overwrite``, is refused with one line before any
-sampling or metric work starts. Each file is then written through :func:`atomic_path`: a
+A command lists its output paths first (:func:`check_outputs`, :func:`check_output_folder`): a
+destination that cannot be written, or that already exists without ``--overwrite``, is refused
+with one line before any sampling or metric work starts, and nothing is created until then. Each file is then written through :func:`atomic_path`: a
 temporary file beside the target, renamed over it once complete, so an interrupted command leaves
 the previous file (or none), never half of one.
 """
@@ -37,23 +37,19 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def ensure_directory(directory: Path) -> None:
-    """Create ``directory`` (with parents) and prove it writable with a probe file."""
-    if directory.exists() and not directory.is_dir():
-        raise OutputError(
-            f"{directory} exists and is not a directory: choose another output directory"
-        )
+def check_writable(directory: Path) -> None:
+    """Prove that files can be created in ``directory`` (made later, with its parents, if it
+    does not exist yet) with a probe file in its nearest existing ancestor; nothing is left."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{existing} exists and is not a directory: choose another output path")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
     except OSError as err:
         raise OutputError(
-            f"cannot create {directory} ({err.strerror}): choose another output location"
-        ) from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
-    except OSError as err:
-        raise OutputError(
-            f"cannot write to {directory} ({err.strerror}): choose another output location"
+            f"cannot write to {existing} ({err.strerror}): choose another output location"
         ) from None
     os.close(fd)
     os.unlink(probe)
@@ -80,7 +76,22 @@ def check_outputs(paths: Iterable[Path], overwrite: bool, inputs: Iterable[Path]
             raise OutputError(
                 f"{path} exists: pass --overwrite to replace it, or choose another output path"
             )
-        ensure_directory(path.parent)
+        check_writable(path.parent)
+
+
+def check_output_folder(folder: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, an output folder that is or holds an input (even with
+    ``overwrite``), a file, or a folder with files in it (without ``overwrite``)."""
+    folder = Path(folder)
+    for source in map(Path, inputs):
+        if _same_file(folder, source) or folder.resolve() in source.resolve().parents:
+            raise OutputError(f"{folder} holds the input {source}: write the output elsewhere")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise OutputError(
+            f"{folder} exists and is not empty: pass --overwrite to replace what it holds, or "
+            "choose another output folder"
+        )
+    check_writable(folder)
 
 
 @contextmanager
@@ -89,6 +100,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     ``savefig`` choose the format by it), that replaces ``path`` when the block succeeds and is
     removed when it fails."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)

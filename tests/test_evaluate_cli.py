@@ -150,3 +150,65 @@ def test_likelihood_command(ckpt: Path, tmp_path, monkeypatch, capsys) -> None:
     assert report["bpd_stderr"] == pytest.approx(direct.stderr, rel=1e-4)
     # digits are far from N(0.5, 0.0625): a poor but finite model, several bits/dim
     assert 2 < report["bpd"] < 20
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_evaluate_refuses_to_replace_its_results_and_checks_out_first(
+    ckpt: Path, ref_stats: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", str(ckpt), "--num", "4", "--stats", str(ref_stats), "--out", str(out)]
+    args += ["--sampler", "euler", "--steps", "2", "--sample-batch-size", "4"]
+    assert main(args) == 0
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert "exists" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+    assert main([*args, "--overwrite"]) == 0
+
+    # an --out that cannot be a directory fails before any sample is drawn
+    def never(*a, **k):
+        raise AssertionError("sampled before checking --out")
+
+    from lightning_score import sampling
+
+    monkeypatch.setattr(sampling, "sample", never)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    args[args.index(str(out))] = str(taken)
+    assert main(args) == 2
+    assert "taken exists and is not a directory" in one_line_error(capsys)
+
+
+def test_likelihood_refuses_to_replace_its_json_and_checks_out_first(
+    ckpt: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    from lightning_score import checkpoint
+    from lightning_score import likelihood as likelihood_module
+
+    _, cfg = checkpoint.load_score_model(ckpt)
+    monkeypatch.setattr(checkpoint, "load_score_model", lambda *a, **k: (GaussianImageModel(), cfg))
+    out = tmp_path / "bpd.json"
+    args = ["likelihood", str(ckpt), "--repeats", "1", "--num", "2", "--out", str(out)]
+    assert main(args) == 0
+    report = out.read_bytes()
+    assert main([*args, "--seed", "5"]) == 2
+    assert "bpd.json exists" in one_line_error(capsys)
+    assert out.read_bytes() == report
+    assert main([*args, "--seed", "5", "--overwrite"]) == 0
+    assert json.loads(out.read_bytes())["bpd"] != json.loads(report)["bpd"]
+
+    def never(*a, **k):
+        raise AssertionError("integrated before checking --out")
+
+    monkeypatch.setattr(likelihood_module, "evaluate_bits_per_dim", never)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    assert main([*args[:-1], str(taken / "bpd.json")]) == 2
+    assert "taken exists and is not a directory" in one_line_error(capsys)

@@ -270,3 +270,52 @@ def test_not_an_official_checkpoint(tmp_path: Path) -> None:
         )
     with pytest.raises(FileNotFoundError):
         load_official_checkpoint(tmp_path / "missing.pth", "ve/cifar10_ncsnpp_continuous")
+
+
+def test_convert_never_replaces_an_existing_file_nor_its_input(
+    ve_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from lightning_score.cli import main
+
+    path = ve_checkpoint[0]
+    original = path.read_bytes()
+    argv = ["convert", str(path), "--config", "ncsnpp_tiny", "--image-size", "16", "--sde", "vesde"]
+
+    def refused(*extra: str) -> str:
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    # --out equal to the input (also spelled another way): refused, even with --overwrite
+    assert "is the input" in refused("--out", str(path), "--overwrite")
+    assert "is the input" in refused("--out", str(tmp_path / "x" / ".." / path.name))
+    assert path.read_bytes() == original
+    # an existing run's checkpoint is not replaced without --overwrite
+    run_ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run_ckpt.parent.mkdir(parents=True)
+    run_ckpt.write_bytes(b"a run's own checkpoint")
+    assert "last.ckpt exists" in refused("--out", str(run_ckpt))
+    assert run_ckpt.read_bytes() == b"a run's own checkpoint"
+    assert main([*argv, "--out", str(run_ckpt), "--overwrite"]) == 0
+    assert torch.load(run_ckpt, weights_only=True)["global_step"] == 1234
+    # the default output beside the input, twice
+    assert main(argv) == 0
+    assert "checkpoint_26.lscore.ckpt exists" in refused()
+
+
+def test_convert_a_text_or_truncated_file_is_one_line(
+    ve_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from lightning_score.cli import main
+
+    text = tmp_path / "notes.pth"
+    text.write_text("epoch 3: loss went down\n" * 20)
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(ve_checkpoint[0].read_bytes()[:5000])
+    for bad in (text, truncated):
+        argv = ["convert", str(bad), "--config", "ve/cifar10_ncsnpp_continuous"]
+        assert main([*argv, "--out", str(tmp_path / "out.ckpt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not a checkpoint" in err, err
+        assert not (tmp_path / "out.ckpt").exists()

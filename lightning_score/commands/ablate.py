@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_score.commands.sample import add_model_arguments, resolve_device
+from lightning_score.commands.sample import add_model_arguments, check_positive, resolve_device
 from lightning_score.config import ExperimentConfig, SamplingConfig
 from lightning_score.images import to_data_space
+from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 from lightning_score.sampling import check_sampling
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 SWD = "sliced_wasserstein_to_data"
 COLUMNS = ["sampler", "steps", "nfe", "seconds", "samples_per_s"]
+OUTPUTS = ("ablation.csv", "ablation.md", "ablation.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=200,
         help="paired bootstrap replicates for the quality's standard errors (0: none)",
     )
+    add_overwrite_argument(parser)
 
 
 def _entries(spec: str) -> list[dict[str, Any]]:
@@ -69,7 +72,11 @@ def _entries(spec: str) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"sampler settings file {path} not found")
         from omegaconf import OmegaConf  # reads YAML and JSON alike
 
-        data = OmegaConf.to_container(OmegaConf.load(path))
+        try:
+            data = OmegaConf.to_container(OmegaConf.load(path))
+        except Exception as err:  # yaml and OmegaConf raise several unrelated types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path} is not valid YAML/JSON ({first})") from None
         if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
             raise ValueError(f"{path} must hold a list of SamplingConfig overrides (dicts)")
         return data
@@ -97,6 +104,18 @@ def family(cfg: SamplingConfig) -> str:
     return f"{cfg.sampler} {cfg.schedule}"
 
 
+def _with_overrides(base: SamplingConfig, overrides: dict[str, Any], spec: str) -> SamplingConfig:
+    """``base`` with ``overrides``, type-checked by the config schema (``steps: ten`` is refused)."""
+    from omegaconf import OmegaConf
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(base), overrides)
+    except Exception as err:  # OmegaConf raises several unrelated types
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{spec}: bad sampler setting {overrides} ({first})") from None
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
 def parse_settings(spec: str, base: SamplingConfig) -> list[tuple[str, SamplingConfig]]:
     """(family label, config) per row; list values expand, unknown keys list the valid ones."""
     fields = {f.name for f in dataclasses.fields(SamplingConfig)}
@@ -115,7 +134,7 @@ def parse_settings(spec: str, base: SamplingConfig) -> list[tuple[str, SamplingC
             overrides = dict(zip(keys, values, strict=True))
             if overrides.get("sampler", base.sampler) != "pc":
                 overrides.setdefault("corrector", "none")
-            cfg = dataclasses.replace(base, **overrides)
+            cfg = _with_overrides(base, overrides, spec)
             settings.append((label or family(cfg), cfg))
     return settings
 
@@ -233,8 +252,7 @@ def write_outputs(
     noise = [f"{quality}_stderr", "within_noise_of_best", "within_noise_of_previous"]
     with_noise = quality is not None and noise[0] in rows[0]
     columns = COLUMNS + ([quality] if quality else []) + (noise if with_noise else [])
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "ablation.csv", "w", newline="") as fh:
+    with atomic_path(out / "ablation.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -252,10 +270,11 @@ def write_outputs(
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += ["", *notes]
-    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "ablation.md", "\n".join(lines) + "\n")
 
     fig = ablation_figure(rows, quality)
-    fig.savefig(out / "ablation.png", dpi=120, bbox_inches="tight")
+    with atomic_path(out / "ablation.png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -291,12 +310,15 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.data import data_shape
     from lightning_score.sampling.generate import generate
 
-    device = resolve_device(args.device)
-    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
+    check_positive("--num", args.num)
+    check_positive("--batch-size", args.batch_size)
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise ValueError(
             f"--bootstrap must be 0 (off) or at least 2 replicates, got {args.bootstrap}"
         )
+    device = resolve_device(args.device)
+    check_outputs([args.out / name for name in OUTPUTS], args.overwrite, [Path(args.checkpoint)])
+    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     settings = parse_settings(args.samplers, exp.sampling)
     for _, cfg in settings:  # refuse bad settings before spending time on the good ones
         check_sampling(model.sde, cfg)

@@ -8,6 +8,9 @@ The output loads with ``torch.load(weights_only=True)``.
 ``lscore convert DIFFUSERS_DIR --data NAME [--out DIR]``: a diffusers model (UNet2DModel with a
 DDPM / DDIM, score-SDE VE or EDM scheduler) -> an export (``model.safetensors`` + config + model
 card) that every command takes; ``--data`` names the data set it was trained on.
+
+Neither replaces its input, nor an existing output unless ``--overwrite`` is given; the
+checkpoint is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ from typing import Any
 import torch
 
 from lightning_score.official import OFFICIAL_CONFIGS, OfficialWeights
+from lightning_score.outputs import (
+    add_overwrite_argument,
+    atomic_path,
+    check_output_folder,
+    check_outputs,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow a full unpickle when torch.load(weights_only=True) refuses the file; this "
         "runs any code stored in it, so use it only for files from a source you trust",
     )
+    add_overwrite_argument(parser)
     parser.add_argument("--list", action="store_true", help="list the official configs and exit")
     preset = parser.add_argument_group("network preset instead of an official config")
     preset.add_argument("--image-size", type=int, help="image side in pixels")
@@ -95,8 +105,8 @@ def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Pat
     }
     if weights.ema is not None:
         ckpt["current_model_state"] = {prefix + k: v.contiguous() for k, v in weights.raw.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out)
+    with atomic_path(out) as tmp:
+        torch.save(ckpt, tmp)
     return out
 
 
@@ -112,10 +122,11 @@ def convert_diffusers(args: argparse.Namespace) -> int:
             "(e.g. cifar10 for google/ddpm-cifar10-32)"
         )
     source = Path(args.checkpoint)
+    out = Path(args.out) if args.out else source.with_name(source.name + ".lscore")
+    check_output_folder(out, args.overwrite, inputs=[source])
     data = [f"data.name={args.data}"] + ([f"data.root={args.data_root}"] if args.data_root else [])
     cfg, state = diffusers_experiment(source, data)
     model = score_model_with(cfg, state, source).eval()
-    out = Path(args.out) if args.out else source.with_name(source.name + ".lscore")
     write_safetensors(Trained(model, cfg, "ema", None, source), out)
     print(f"wrote {out}: {cfg.sde.name} SDE, {cfg.model.parameterization} row, data {args.data}")
     return 0
@@ -141,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
         data_shape = (args.channels, args.image_size, args.image_size)
     exp = official_experiment(args.config, data_shape=data_shape, sde_overrides=sde_overrides(args))
     source = Path(args.checkpoint)
-    weights = read_official_weights(source, exp, trust_checkpoint=args.trust_checkpoint)
     out = Path(args.out) if args.out else source.with_suffix(".lscore.ckpt")
+    check_outputs([out], args.overwrite, inputs=[source])
+    weights = read_official_weights(source, exp, trust_checkpoint=args.trust_checkpoint)
     convert(weights, args.config, source, out)
     kind = "EMA and raw" if weights.ema is not None else "raw (no EMA in the file)"
     print(f"wrote {out}: {exp.model.name}, {kind} weights, step {weights.step}")

@@ -8,7 +8,9 @@ unless flags override it; batch b uses the seed ``batch_seed(seed, 0, b)``, exac
 Reference statistics: ``--stats FILE.npz`` (from ``lscore stats``), or computed from the training
 split of the checkpoint's data config (``--data-config`` for an ``.npz``), cached by content.
 Metric names carry the sample count (``fid_50k``): the paper's numbers use 50,000 samples against
-the training set, and fewer samples bias FID upwards. Results are printed and written as JSON.
+the training set, and fewer samples bias FID upwards. Results are printed and written as JSON;
+an existing result is kept unless ``--overwrite`` is given, and ``--out`` is checked before the
+sampling starts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from lightning_score.commands.sample import (
     add_sampling_arguments,
+    check_positive,
     resolve_device,
     sampling_from_args,
 )
@@ -35,6 +38,7 @@ from lightning_score.config import ConfigError, ExperimentConfig, SamplingConfig
 from lightning_score.experiment import load_config, with_overrides
 from lightning_score.images import to_data_space
 from lightning_score.nets import ScoreModel
+from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 
 DEFAULT_NUM = 50_000
 
@@ -58,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="directory for metrics JSON and sample grid"
     )
+    add_overwrite_argument(parser)
     add_extractor_arguments(parser)
     add_sampling_arguments(parser)
     parser.add_argument(
@@ -113,7 +118,7 @@ def _generated_batches(
         model.sde,
         shape,
         cfg,
-        num=args.num or DEFAULT_NUM,
+        num=DEFAULT_NUM if args.num is None else args.num,
         batch_size=args.sample_batch_size,
         seed=args.seed,
         device=device,
@@ -127,14 +132,23 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.data import data_shape, image_batches
     from lightning_score.images import save_grid
     from lightning_score.metrics import (
+        METRIC_NAMES,
         ImageMetrics,
         ReferenceStats,
         cached_reference_stats,
+        count_suffix,
         load_inception,
     )
     from lightning_score.sampling import check_sampling
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(METRIC_NAMES))
+    if unknown or not names:
+        raise ValueError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}")
+    check_positive("--num", args.num, "a positive number of samples")
+    check_positive("--sample-batch-size", args.sample_batch_size)
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--kid-subset-size", args.kid_subset_size)
     device = resolve_device(args.device)
     info: dict[str, Any] = {"source": str(args.source)}
     nfes: list[float] = []
@@ -143,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         if args.stats is None and args.data_config is None:
             raise ValueError("an .npz source needs --stats FILE.npz or --data-config CONFIG")
         exp = load_config(args.data_config) if args.data_config else None
-        chunks: Iterator[Tensor] = iter(_npz_images(args.source, args.num).split(args.batch_size))
+        images = _npz_images(args.source, args.num)
+        count = images.shape[0]
+        chunks: Iterator[Tensor] = iter(images.split(args.batch_size))
     else:
         model, exp = load_score_model(args.source, ema=args.ema, map_location=device)
         shape = data_shape(exp.data)
@@ -155,7 +171,19 @@ def run(args: argparse.Namespace) -> int:
         cfg = sampling_from_args(sampling_overrides(exp, args.overrides).sampling, args)
         check_sampling(model.sde, cfg)
         info.update(ema=args.ema, seed=args.seed, sampling=dataclasses.asdict(cfg))
+        count = DEFAULT_NUM if args.num is None else args.num
         chunks = _generated_batches(model, cfg, shape, args, device, nfes)
+
+    # Named by the first metric as ImageMetrics orders them, e.g. last_fid_50k; checked now,
+    # before the sampling and Inception work.
+    first_metric = next(m for m in METRIC_NAMES if m in names)
+    stem = f"{args.source.stem}_{first_metric}_{count_suffix(count)}"
+    if "sampling" in info:  # one file per sampler setting: sweep agents share the directory
+        digest = hashlib.sha1(json.dumps(info["sampling"], sort_keys=True).encode()).hexdigest()
+        stem = f"{stem}_{digest[:8]}"
+    out = args.out or (args.source.parent / "eval")
+    json_path, grid_path = out / f"{stem}.json", out / f"{stem}.png"
+    check_outputs([json_path, grid_path], args.overwrite, inputs=[args.source])
 
     extractor = load_inception(args.extractor, need_logits="is" in names).to(device)
     metrics = ImageMetrics(names, extractor, kid_subset_size=args.kid_subset_size).to(device)
@@ -182,19 +210,13 @@ def run(args: argparse.Namespace) -> int:
     if nfes:
         info["nfe"] = sum(nfes) / len(nfes)
 
-    out = args.out or (args.source.parent / "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.source.stem}_{next(iter(values))}"  # e.g. last_fid_50k
-    if "sampling" in info:  # one file per sampler setting: sweep agents share the directory
-        digest = hashlib.sha1(json.dumps(info["sampling"], sort_keys=True).encode()).hexdigest()
-        stem = f"{stem}_{digest[:8]}"
-    (out / f"{stem}.json").write_text(json.dumps(info, indent=2))
-    grid_path = out / f"{stem}.png"
+    write_text(json_path, json.dumps(info, indent=2))
     if first is not None:
-        save_grid(first.cpu(), grid_path, stem)
+        with atomic_path(grid_path) as tmp:
+            save_grid(first.cpu(), tmp, stem)
     for name, value in values.items():
         print(f"{name} = {value:.4f}")
-    print(f"-> {out / stem}.json")
+    print(f"-> {json_path}")
     if exp is not None and "sampling" in info:
         from lightning_score.loggers import report_to_wandb  # no-op unless W&B is in use
 

@@ -4,13 +4,16 @@
 config in its metadata, ``config.json`` and a model card ``README.md``; every ``lscore`` command
 takes the folder (or the file) as its checkpoint. ``diffusers``: a folder diffusers'
 ``from_pretrained`` loads, for models that map exactly onto ``UNet2DModel`` and a scheduler;
-others are refused with the reason (see ``lightning_score.export``).
+others are refused with the reason (see ``lightning_score.export``). A folder that already holds
+files is kept unless ``--overwrite`` is given, and never one that holds the input.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from lightning_score.outputs import add_overwrite_argument, check_output_folder
 
 FORMATS = ("safetensors", "diffusers")
 
@@ -22,11 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--raw", action="store_true", help="export the raw weights instead of the EMA ones"
     )
+    add_overwrite_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from lightning_score.export import export
 
+    check_output_folder(args.out, args.overwrite, inputs=[Path(args.checkpoint)])
     path = export(args.checkpoint, args.fmt, args.out, raw=args.raw)
     weights = "raw" if args.raw else "EMA"
     print(f"wrote {args.fmt} export ({weights} weights) -> {path}")

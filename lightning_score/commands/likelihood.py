@@ -8,6 +8,7 @@ protocol: 5 repeats on the test set). Prints the mean with two standard errors: 
 Under ``torchrun --nproc_per_node N -m lightning_score.cli likelihood ...`` each rank solves its
 share of the batches and the ranks gather their bits/dim once, at the end: the result equals one
 process's (each point's dequantization and probes are seeded by its index, not by its rank).
+An existing result file is kept unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from lightning_score.commands.sample import check_positive, resolve_device
 from lightning_score.likelihood import TRACE_ESTIMATORS
+from lightning_score.outputs import add_overwrite_argument, check_outputs, write_text
 
 if TYPE_CHECKING:
     from lightning_score.distributed import Ranks
@@ -61,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default=None, help="cpu, cuda ... (default: this rank's GPU if any, else cpu)"
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    add_overwrite_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +80,17 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     from lightning_score.distributed import shard_batches
     from lightning_score.likelihood import evaluate_bits_per_dim, gather_bits_per_dim
 
+    check_positive("--num", args.num, "a positive number of points")
+    check_positive("--repeats", args.repeats)
+    check_positive("--batch-size", args.batch_size)
+    if args.device:
+        resolve_device(args.device)  # refuses, in one line, a device this machine lacks
     device = ranks.device(args.device)
+    out = (
+        args.out
+        or args.checkpoint.parent / "eval" / f"{args.checkpoint.stem}_bpd_{args.split}.json"
+    )
+    check_outputs([out], args.overwrite, inputs=[args.checkpoint])  # on every rank: all refuse
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     model.requires_grad_(False)
     dm = build_datamodule(dataclasses.replace(exp.data, random_flip=False), exp.seed)
@@ -134,11 +148,6 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
         report["nll_nats"] = result.mean * dim * math.log(2)
         line += f"; NLL {report['nll_nats']:.4f} nats per point"
     print(line)
-    out = (
-        args.out
-        or args.checkpoint.parent / "eval" / f"{args.checkpoint.stem}_bpd_{args.split}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_text(out, json.dumps(report, indent=2))
     print(f"-> {out}")
     return 0

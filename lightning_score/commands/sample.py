@@ -3,7 +3,8 @@
 Sampler settings default to the checkpoint's ``sampling`` config; every field of
 :class:`~lightning_score.config.SamplingConfig` can be overridden by its flag (``--steps 50``,
 ``--sampler heun``, ``--no-denoise`` ...). With ``--world-size W`` each of W processes (``--rank``)
-writes its own share, ``samples_rank{r}.npz``, with noise streams that never overlap.
+writes its own share, ``samples_rank{r}.npz``, with noise streams that never overlap. Existing
+outputs are kept unless ``--overwrite`` is given (``lightning_score.outputs``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from lightning_score.config import SamplingConfig
+from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +88,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``--device`` (default: cuda when available), refused in one line when this machine has
+    no such device: a device problem must not surface as a broken checkpoint."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name} is not a device: use cpu, cuda, cuda:1, mps ..."
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use cpu")
+    return device
+
+
+def check_positive(flag: str, value: int | None, what: str = "") -> None:
+    """One-line refusal of a count or size below 1 (``None``: the flag's default applies)."""
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be {what or 'positive'}, got {value}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
     parser.add_argument("--grid", type=int, default=64, help="samples shown in the grid PNG")
+    add_overwrite_argument(parser)
     add_sampling_arguments(parser)
 
 
@@ -107,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.rank < args.world_size:
         raise ValueError(f"--rank must lie in [0, --world-size={args.world_size}), got {args.rank}")
+    check_positive("--num", args.num)
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--grid", args.grid, "a positive number of samples")
     device = resolve_device(args.device)
+    stem = "samples" if args.world_size == 1 else f"samples_rank{args.rank:02d}"
+    paths = [args.out / f"{stem}{ending}" for ending in (".npz", "_grid.png", ".json")]
+    check_outputs(paths, args.overwrite, inputs=[Path(args.checkpoint)])
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     cfg = sampling_from_args(exp.sampling, args)
     share = rank_share(args.num, args.rank, args.world_size)
@@ -125,13 +158,12 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     samples = to_data_space(model.sde, result.samples)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "samples" if args.world_size == 1 else f"samples_rank{args.rank:02d}"
     array = to_uint8_nhwc(samples) if samples.dim() == 4 else samples.float().numpy()
-    np.savez(args.out / f"{stem}.npz", array)
-    save_grid(
-        samples[: args.grid], args.out / f"{stem}_grid.png", f"{cfg.sampler}, {result.nfe:g} NFE"
-    )
+    npz_path, grid_path, json_path = paths
+    with atomic_path(npz_path) as tmp:
+        np.savez(tmp, array)
+    with atomic_path(grid_path) as tmp:
+        save_grid(samples[: args.grid], tmp, f"{cfg.sampler}, {result.nfe:g} NFE")
     meta = {
         "checkpoint": str(args.checkpoint),
         "ema": args.ema,
@@ -143,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": result.seconds,
         "sampling": dataclasses.asdict(cfg),
     }
-    (args.out / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+    write_text(json_path, json.dumps(meta, indent=2))
     print(
         f"{share} samples, {result.nfe:g} NFE per batch, {result.seconds:.1f} s "
         f"({share / result.seconds:.2f} samples/s) -> {args.out / stem}.npz"

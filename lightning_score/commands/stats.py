@@ -3,7 +3,8 @@
 Writes mu and sigma of the 2048-d pool features (FID) and a fixed random subset of the features
 (KID) of every image of the split, without augmentation. Results are cached by content (a hash of
 the exact uint8 images and the extractor) under ``$LSCORE_CACHE_DIR`` (default
-``~/.cache/lightning_score``), so a second call for the same data is instant.
+``~/.cache/lightning_score``), so a second call for the same data is instant. An existing ``--out`` is kept unless
+``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lightning_score.experiment import load_config
+from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides as key=value")
     parser.add_argument("--split", choices=["train", "test"], default="train")
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
+    add_overwrite_argument(parser)
     add_extractor_arguments(parser)
 
 
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.metrics import cached_reference_stats, load_inception
 
     cfg = load_config(args.config, args.overrides)
+    check_outputs([args.out], args.overwrite)
     batches = image_batches(cfg.data, cfg.seed, args.split, args.batch_size)
     device = resolve_device(args.device)
     extractor = load_inception(args.extractor).to(device)
@@ -54,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         stats, cached, hit = cached_reference_stats(
             batches, extractor, args.kid_features, device, args.cache_dir
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cached, args.out)
+    with atomic_path(args.out) as tmp:
+        shutil.copyfile(cached, tmp)
     origin = "cache hit" if hit else "computed"
     print(
         f"{cfg.data.name} {args.split}: {stats.num_samples} images, {stats.dim}-d features "
