@@ -4,6 +4,7 @@ import gzip
 import io
 import pickle
 import struct
+from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -11,9 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_score.config import DataConfig
+from lightning_score.config import ConfigError, DataConfig
 from lightning_score.data import DataNotFoundError, build_datamodule, data_shape
+from lightning_score.data.image_sets import ImageFolderFlat
 from lightning_score.data.toy2d import TOY_SETS, gaussian_mixture, gaussian_mixture_log_prob
+from lightning_score.experiment import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def first_batch(cfg: DataConfig, train: bool = True):
@@ -175,3 +180,62 @@ def test_per_device_batch_is_global_over_world_size():
     dm = build_datamodule(DataConfig(name="digits", batch_size=64))
     dm.trainer = FakeTrainer()
     assert dm.per_device_batch_size() == 16
+
+
+def _folder_with_bad_files(root):
+    root.mkdir()
+    for i in range(6):
+        _png((12, 12), i).save(root / f"{i}.png")
+    (root / "garbage.png").write_bytes(bytes(range(256)) * 4)  # not an image at all
+    buf = io.BytesIO()
+    _png((12, 12), 9).save(buf, format="PNG")
+    (root / "cut.png").write_bytes(buf.getvalue()[:200])  # a valid header, data cut short
+
+
+def test_folder_with_unreadable_files_stops_with_one_line_by_default(tmp_path, capsys):
+    from lightning_score.cli import main
+
+    _folder_with_bad_files(tmp_path / "imgs")
+    cfg = DataConfig(name="folder", root=str(tmp_path / "imgs"), image_size=8, val_fraction=0.2)
+    with pytest.raises(ValueError, match=r"garbage.png .*data.bad_images=skip") as err:
+        build_datamodule(cfg).setup()
+    assert "\n" not in str(err.value)
+    # a file whose header reads but whose data does not is found when it is loaded
+    cut = ImageFolderFlat(tmp_path / "imgs", bad_images="skip")
+    index = [p.name for p in cut.files].index("cut.png")
+    strict = ImageFolderFlat(tmp_path / "imgs", bad_images="skip")
+    strict.bad_images = "stop"
+    with pytest.raises(ValueError, match=r"cut.png cannot be decoded") as err:
+        strict[index]
+    assert "\n" not in str(err.value)
+    # the same when training loads the images in a DataLoader worker: one line, exit 2
+    allcut = tmp_path / "allcut"
+    allcut.mkdir()
+    for i in range(8):
+        (allcut / f"{i}.png").write_bytes((tmp_path / "imgs" / "cut.png").read_bytes())
+    overrides = [f"data.root={allcut}", "data.name=folder", "data.image_size=8"]
+    overrides += [f"out_dir={tmp_path / 'runs'}", "data.num_workers=1", "data.batch_size=4"]
+    overrides += ["trainer.max_steps=1", "model.kwargs.channels=[8,16]"]
+    assert main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "cannot be decoded" in err[-1] and "Traceback" not in err[-1]
+    assert not any("Traceback" in line for line in err), err
+
+
+def test_folder_with_unreadable_files_skipped_when_asked(tmp_path):
+    _folder_with_bad_files(tmp_path / "imgs")
+    cfg = DataConfig(
+        name="folder", root=str(tmp_path / "imgs"), image_size=8, val_fraction=0.25,
+        bad_images="skip",
+    )  # fmt: skip
+    dm = build_datamodule(cfg)
+    with pytest.warns(UserWarning, match=r"leaving out 1 image file .*garbage.png"):
+        dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 7  # 6 good + the one that fails late
+    folder = ImageFolderFlat(tmp_path / "imgs", bad_images="skip")
+    index = [p.name for p in folder.files].index("cut.png")
+    with pytest.warns(UserWarning, match=r"cut.png cannot be decoded .* using .* in its place"):
+        image, _ = folder[index]
+    assert image.size == (12, 12)
+    with pytest.raises(ConfigError, match=r"data.bad_images='ignore' is not valid"):
+        load_config(None, ["data.bad_images=ignore"])

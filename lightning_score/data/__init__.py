@@ -70,7 +70,7 @@ def _disk_images(
 
 def _folder(cfg: DataConfig, seed: int) -> ScoreDataModule:
     def splits() -> tuple[Dataset, Dataset]:
-        full = ImageFolderFlat(Path(cfg.root))
+        full = ImageFolderFlat(Path(cfg.root), cfg.bad_images)
         train, val = split_fraction(full, cfg.val_fraction, seed)
         return (
             TransformedDataset(train, image_transform(cfg.image_size, cfg.random_flip)),
@@ -104,7 +104,10 @@ DATASETS: dict[str, Callable[[DataConfig, int], ScoreDataModule]] = {
     ),
     # Song et al.: center crop 140 then resize to 64.
     "celeba": lambda cfg, seed: _disk_images(
-        cfg, seed, lambda train: celeba(Path(cfg.root), train, cfg.download), center_crop=140
+        cfg,
+        seed,
+        lambda train: celeba(Path(cfg.root), train, cfg.download, cfg.bad_images),
+        center_crop=140,
     ),
     "lsun": lambda cfg, seed: _disk_images(
         cfg, seed, lambda train: lsun(Path(cfg.root), list(cfg.categories), train)
@@ -163,6 +166,7 @@ def validate_data_config(d: DataConfig) -> None:
     require(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
     require(0 <= d.val_fraction < 1, f"data.val_fraction must lie in [0, 1), got {d.val_fraction}")
     require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    require_choice(d.bad_images, {"stop", "skip"}, "data.bad_images")
 
 
 def build_datamodule(cfg: DataConfig, seed: int = 0) -> ScoreDataModule:

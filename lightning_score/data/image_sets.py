@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -40,29 +41,86 @@ def cifar10(root: Path, train: bool, download: bool) -> Dataset:
         ) from None
 
 
-class ImageFolderFlat(Dataset):
-    """Every image below ``root`` (recursively, sorted), label 0; for CelebA, FFHQ or your own."""
+class UnreadableImageError(ValueError):
+    """An image file that cannot be opened or decoded; the message names it and the choice."""
 
-    def __init__(self, root: Path) -> None:
+
+def _reason(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+class ImageFolderFlat(Dataset):
+    """Every image below ``root`` (recursively, sorted), label 0; for CelebA, FFHQ or your own.
+
+    Files whose header cannot be read (not an image, empty) are found when the set is built; a
+    file whose data is cut short is found when it is loaded. ``bad_images="stop"`` refuses
+    either with one line naming the file; ``"skip"`` leaves the first kind out (counted, with a
+    warning) and loads the next file in place of the second.
+    """
+
+    def __init__(self, root: Path, bad_images: str = "stop") -> None:
         if not root.is_dir():
             raise DataNotFoundError(
                 f"image folder {root} does not exist: set data.root to a folder of images"
             )
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
+        self.bad_images = bad_images
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
             raise DataNotFoundError(
                 f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below {root}: set data.root"
             )
+        bad: list[tuple[Path, str]] = []
+        for path in files:
+            try:
+                Image.open(path).close()  # parses the header only
+            except (OSError, SyntaxError, ValueError) as err:
+                bad.append((path, _reason(err)))
+        if bad and bad_images == "stop":
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise UnreadableImageError(
+                f"{bad[0][0]} is not a readable image ({bad[0][1]}){more}: remove or replace "
+                "it, or set data.bad_images=skip to leave such files out"
+            )
+        if bad:
+            warnings.warn(
+                f"leaving out {len(bad)} image file{'s' * (len(bad) > 1)} below {root} that "
+                f"cannot be read (data.bad_images=skip): {', '.join(str(p) for p, _ in bad[:3])}"
+                + (" ..." if len(bad) > 3 else ""),
+                stacklevel=2,
+            )
+        unreadable = {p for p, _ in bad}
+        self.files = [p for p in files if p not in unreadable]
+        if not self.files:
+            raise UnreadableImageError(f"no readable image below {root}")
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _load(self, path: Path) -> Image.Image:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        with Image.open(self.files[i]) as img:
-            return img.convert("RGB"), 0
+        for attempt in range(len(self.files)):
+            path = self.files[(i + attempt) % len(self.files)]
+            try:
+                return self._load(path), 0
+            except (OSError, SyntaxError, ValueError) as err:
+                if self.bad_images == "stop":
+                    raise UnreadableImageError(
+                        f"{path} cannot be decoded ({_reason(err)}): remove or replace it, or "
+                        "set data.bad_images=skip to load another image in its place"
+                    ) from None
+                following = self.files[(i + attempt + 1) % len(self.files)]
+                warnings.warn(
+                    f"{path} cannot be decoded ({_reason(err)}); using {following} in its "
+                    "place (data.bad_images=skip)",
+                    stacklevel=2,
+                )
+        raise UnreadableImageError(f"none of the {len(self.files)} images can be decoded")
 
 
-def celeba(root: Path, train: bool, download: bool) -> Dataset:
+def celeba(root: Path, train: bool, download: bool, bad_images: str = "stop") -> Dataset:
     """torchvision's CelebA when its files are there (official split), else a folder of images."""
     from torchvision.datasets import CelebA
 
@@ -72,7 +130,7 @@ def celeba(root: Path, train: bool, download: bool) -> Dataset:
     except (RuntimeError, FileNotFoundError):
         folder = root / "celeba" / "img_align_celeba"
         if folder.is_dir():
-            return ImageFolderFlat(folder)
+            return ImageFolderFlat(folder, bad_images)
         raise DataNotFoundError(
             f"CelebA not found under {root}: download img_align_celeba.zip and the list files into "
             f"{root / 'celeba'} (torchvision layout), or set data.download=true (needs internet)"
