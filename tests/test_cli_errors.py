@@ -10,6 +10,7 @@ import torch
 
 from lightning_score import sampling
 from lightning_score.cli import main
+from lightning_score.sampling import generate
 
 
 @pytest.fixture
@@ -20,6 +21,7 @@ def no_work(monkeypatch):
         raise AssertionError("started sampling before refusing the input")
 
     monkeypatch.setattr(sampling, "sample", never)
+    monkeypatch.setattr(generate, "sample", never)  # the streaming generator's own reference
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

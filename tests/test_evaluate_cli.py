@@ -176,9 +176,9 @@ def test_evaluate_refuses_to_replace_its_results_and_checks_out_first(
     def never(*a, **k):
         raise AssertionError("sampled before checking --out")
 
-    from lightning_score import sampling
+    from lightning_score.sampling import generate
 
-    monkeypatch.setattr(sampling, "sample", never)
+    monkeypatch.setattr(generate, "sample", never)
     taken = tmp_path / "taken"
     taken.write_text("mine")
     args[args.index(str(out))] = str(taken)
