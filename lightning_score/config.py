@@ -46,6 +46,10 @@ class ModelConfig:
     # ve | vp | edm | auto (the SDE's own: vesde -> ve, vpsde/subvpsde -> vp, edm -> edm)
     parameterization: str = "auto"
     sigma_data: float = 0.5  # data std for EDM's preconditioning and loss weighting
+    # class-conditional network (labels from the data set; 0: unconditional) and the fraction of
+    # training labels replaced by "no class" (classifier-free guidance's p_uncond)
+    num_classes: int = 0
+    label_dropout: float = 0.1
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,6 +126,10 @@ class SamplingConfig:
     s_tmin: float = 0.0
     s_tmax: float = float("inf")
     s_noise: float = 1.0
+    # RePaint's resampling (pc only): walk each segment of resample_jump steps resample_repeats
+    # times, diffusing back up between walks; harmonizes conditioned samples (0 / 1: off)
+    resample_jump: int = 0
+    resample_repeats: int = 1
 
 
 @dataclass
@@ -204,6 +212,49 @@ class ExperimentConfig:
         return Path(self.out_dir) / self.name
 
 
+@dataclass
+class ClassifierNetConfig:
+    """The noise-conditional classifier's network (``lightning_score.classifier``)."""
+
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # one level per entry
+    blocks_per_level: int = 2
+    dropout: float = 0.1
+    sigma_data: float = 0.5  # input scaling 1 / sqrt(alpha^2 sigma_data^2 + std^2)
+
+
+@dataclass
+class ClassifierNoiseConfig:
+    """How training draws the noise level of x_t (the keys of ``loss`` that mean the same)."""
+
+    time_sampler: str = "uniform"  # uniform | lognormal
+    eps: float = 1e-5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+@dataclass
+class ClassifierConfig:
+    """A noise-conditional classifier p_t(y | x_t) for classifier guidance
+    (``lscore train-classifier``); ``sde`` and ``data`` must match the score model it guides."""
+
+    name: str = "classifier"
+    seed: int = 0
+    out_dir: str = "runs"
+    num_classes: int = 10
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    net: ClassifierNetConfig = field(default_factory=ClassifierNetConfig)
+    noise: ClassifierNoiseConfig = field(default_factory=ClassifierNoiseConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     for k, v in node.items():
@@ -251,13 +302,16 @@ def _load_yaml(path: Path, under: DictConfig, seen: tuple[Path, ...] = ()) -> An
 
 
 def read_config(
-    path: str | Path | None = None, overrides: list[str] | None = None
-) -> ExperimentConfig:
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    schema_cls: type | None = None,
+) -> Any:
     """Schema defaults <- YAML at ``path`` (and its bases) <- ``key=value`` overrides.
 
     Types and key names are checked here; value checks are ``lightning_score.experiment``'s.
+    ``schema_cls`` is the config dataclass (default :class:`ExperimentConfig`).
     """
-    schema = OmegaConf.structured(ExperimentConfig)
+    schema = OmegaConf.structured(schema_cls or ExperimentConfig)
     merged = schema if path is None else _load_yaml(Path(path), schema)
     return _to_config(_merge_overrides(merged, overrides, schema))
 
@@ -300,9 +354,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild a config from :func:`to_dict` output (e.g. from a checkpoint); types checked."""
-    schema = OmegaConf.structured(ExperimentConfig)
+def config_from_dict(data: dict[str, Any], schema_cls: type | None = None) -> Any:
+    """Rebuild a config from :func:`to_dict` output (e.g. from a checkpoint); types checked.
+    ``schema_cls`` is the config dataclass (default :class:`ExperimentConfig`)."""
+    schema = OmegaConf.structured(schema_cls or ExperimentConfig)
     try:
         return _to_config(OmegaConf.merge(schema, data))
     except Exception as err:  # OmegaConf raises several unrelated types

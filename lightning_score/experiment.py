@@ -19,7 +19,7 @@ from lightning_score.config import (
     overlay,
     read_config,
 )
-from lightning_score.data import data_shape, validate_data_config
+from lightning_score.data import check_labels, data_shape, validate_data_config
 from lightning_score.losses import validate_loss_config
 from lightning_score.nets import ScoreModel, build_network, validate_model_config
 from lightning_score.parameterization import Parameterization, build_parameterization
@@ -36,6 +36,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         cfg.model.parameterization = sde.default_parameterization
     validate_loss_config(cfg.loss, build_param(cfg))
     validate_data_config(cfg.data)
+    check_labels(cfg.model.num_classes, cfg.data)
     check_sampling(sde, cfg.sampling)
     check_run_sections(cfg)
     return cfg
@@ -68,7 +69,9 @@ def build_param(cfg: ExperimentConfig) -> Parameterization:
 def build_score_model(cfg: ExperimentConfig) -> ScoreModel:
     """The untrained score model of a checked config: network plus parameterization."""
     param = build_param(cfg)
-    net = build_network(cfg.model.name, data_shape(cfg.data), param, **cfg.model.kwargs)
+    net = build_network(
+        cfg.model.name, data_shape(cfg.data), param, cfg.model.num_classes, **cfg.model.kwargs
+    )
     return ScoreModel(net, param)
 
 

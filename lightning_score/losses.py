@@ -124,13 +124,15 @@ def dsm_loss(
     weighting: str = "sigma2",
     reduce: str = "mean",
     noise: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """Per-sample weighted DSM loss, shape (B,); the caller averages (or bins by t)."""
+    """Per-sample weighted DSM loss, shape (B,); the caller averages (or bins by t).
+    ``labels``: the class labels of a class-conditional model (its "no class" label included)."""
     param, t = model.param, times.t
     z = torch.randn_like(x0) if noise is None else noise
     mean, std = param.sde.marginal_prob(x0, t)
     x_t = mean + batch_broadcast(std, x0) * z
-    error = (model.network(x_t, t) - param.target(x0, z, t)).flatten(1)
+    error = (model.network(x_t, t, labels) - param.target(x0, z, t)).flatten(1)
     error = error.to(torch.promote_types(error.dtype, torch.float32))  # bf16 outputs: sum in fp32
     weight = WEIGHTINGS[weighting](param, t) * param.score_scale(t) ** 2
     return REDUCTIONS[reduce](error.pow(2)) * weight.to(error.dtype) * times.importance

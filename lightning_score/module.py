@@ -47,6 +47,7 @@ class ScoreModule(L.LightningModule):
         optim: OptimConfig,
         data_shape: tuple[int, ...],
         config: dict[str, Any],
+        label_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({"config": config})
@@ -56,6 +57,9 @@ class ScoreModule(L.LightningModule):
         self.optim_cfg = optim
         self.data_shape = tuple(data_shape)
         self.is_image = len(self.data_shape) == 3
+        #: classifier-free guidance: the fraction of labels replaced by "no class" in training
+        self.label_dropout = label_dropout
+        self._labels_checked = False
         bins = loss.t_bins
         self.val_bin_loss = torch.nn.ModuleList(MeanMetric() for _ in range(bins))
         edges = self.sde.time_bins(bins, loss.eps)
@@ -66,20 +70,48 @@ class ScoreModule(L.LightningModule):
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> ScoreModule:
         """The module for a checked config (network, parameterization and SDE built from it)."""
-        return cls(build_score_model(cfg), cfg.loss, cfg.optim, data_shape(cfg.data), to_dict(cfg))
+        return cls(
+            build_score_model(cfg),
+            cfg.loss,
+            cfg.optim,
+            data_shape(cfg.data),
+            to_dict(cfg),
+            label_dropout=cfg.model.label_dropout,
+        )
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.score_model(x, t)
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.score_model(x, t, labels)
 
     def _prepare(self, batch: Any) -> Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.sde.scale_data(x) if self.is_image else x
 
+    def _labels(self, batch: Any, drop: bool) -> Tensor | None:
+        """The batch's labels for a class-conditional model (None for an unconditional one);
+        with ``drop``, each is replaced by "no class" with probability ``label_dropout``."""
+        classes = self.score_model.num_classes
+        if not classes:
+            return None
+        labels = batch[1].long()
+        if not self._labels_checked:  # one device read, at the first step: labels out of range
+            top = int(labels.max())
+            if top >= classes or int(labels.min()) < 0:
+                raise ValueError(
+                    f"the data has label {top}, outside [0, model.num_classes={classes}): set "
+                    "model.num_classes to the number of classes of the data set"
+                )
+            self._labels_checked = True
+        if drop and self.label_dropout > 0:
+            dropped = torch.rand(labels.shape, device=labels.device) < self.label_dropout
+            labels = labels.masked_fill(dropped, classes)
+        return labels
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self._prepare(batch)
+        labels = self._labels(batch, drop=True)
         lc = self.loss_cfg
         times = TIME_SAMPLERS[lc.time_sampler](self.sde, x.shape[0], lc, x.device)
-        losses = dsm_loss(self.score_model, x, times, lc.weighting, lc.reduce)
+        losses = dsm_loss(self.score_model, x, times, lc.weighting, lc.reduce, labels=labels)
         loss = losses.mean()
         self.step_state = StepState(loss=loss.detach(), t=times.t.detach())
         # Not prog_bar=True: Lightning would turn it into a Python float (a sync) every step;
@@ -95,7 +127,10 @@ class ScoreModule(L.LightningModule):
         gen = torch.Generator(device=x.device).manual_seed(10_000 + batch_idx)
         times = TIME_SAMPLERS[lc.time_sampler](self.sde, x.shape[0], lc, x.device, generator=gen)
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        losses = dsm_loss(self.score_model, x, times, lc.weighting, lc.reduce, noise=noise)
+        labels = self._labels(batch, drop=False)
+        losses = dsm_loss(
+            self.score_model, x, times, lc.weighting, lc.reduce, noise=noise, labels=labels
+        )
         self.log("val/loss", losses.mean(), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         idx = torch.bucketize(times.t, self.bin_edges[1:-1])
         for i, metric in enumerate(self.val_bin_loss):

@@ -159,6 +159,33 @@ def data_examples(cfg: DataConfig, seed: int, num: int) -> Tensor:
     return torch.stack(examples)
 
 
+#: how many classes each data set's labels have (None: counted when it loads: the class
+#: subfolders of ``folder``); sets missing here have no labels
+DATA_CLASSES: dict[str, int | None] = {
+    "digits": 10,
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "folder": None,
+}
+
+
+def check_labels(num_classes: int, d: DataConfig) -> None:
+    """A class-conditional model (``model.num_classes > 0``) needs a data set with that many labels."""
+    if num_classes == 0:
+        return
+    require(
+        d.name in DATA_CLASSES,
+        f"model.num_classes={num_classes} needs labelled data, but data.name='{d.name}' has no "
+        f"labels: use one of {', '.join(sorted(DATA_CLASSES))} or set model.num_classes=0",
+    )
+    known = DATA_CLASSES[d.name]
+    require(
+        known is None or known == num_classes,
+        f"data set '{d.name}' has {known} classes, but model.num_classes={num_classes}: "
+        f"set model.num_classes={known}",
+    )
+
+
 def validate_data_config(d: DataConfig) -> None:
     """Check the ``data`` section (the files themselves are checked when the set loads)."""
     require_choice(d.name, DATASETS, "data.name")
@@ -175,10 +202,12 @@ def build_datamodule(cfg: DataConfig, seed: int = 0) -> ScoreDataModule:
 
 __all__ = [
     "DATASETS",
+    "DATA_CLASSES",
     "DataNotFoundError",
     "ScoreDataModule",
     "build_datamodule",
     "data_examples",
+    "check_labels",
     "data_shape",
     "image_batches",
     "validate_data_config",

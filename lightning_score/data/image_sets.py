@@ -50,7 +50,8 @@ def _reason(err: Exception) -> str:
 
 
 class ImageFolderFlat(Dataset):
-    """Every image below ``root`` (recursively, sorted), label 0; for CelebA, FFHQ or your own.
+    """Every image below ``root`` (recursively, sorted), labelled by its top-level subfolder; for
+    CelebA, FFHQ, your own images or classes.
 
     Files whose header cannot be read (not an image, empty) are found when the set is built; a
     file whose data is cut short is found when it is loaded. ``bad_images="stop"`` refuses
@@ -92,6 +93,17 @@ class ImageFolderFlat(Dataset):
         self.files = [p for p in files if p not in unreadable]
         if not self.files:
             raise UnreadableImageError(f"no readable image below {root}")
+        tops = [self._top(root, p) for p in self.files]
+        #: label i is the top-level subfolder classes[i] (sorted, as torchvision's ImageFolder);
+        #: images directly in root form the class ".", so a flat folder is one class, label 0
+        self.classes = sorted(set(tops))
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = [index[top] for top in tops]
+
+    @staticmethod
+    def _top(root: Path, path: Path) -> str:
+        parts = path.relative_to(root).parts
+        return parts[0] if len(parts) > 1 else "."
 
     def __len__(self) -> int:
         return len(self.files)
@@ -102,9 +114,10 @@ class ImageFolderFlat(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         for attempt in range(len(self.files)):
-            path = self.files[(i + attempt) % len(self.files)]
+            j = (i + attempt) % len(self.files)
+            path = self.files[j]
             try:
-                return self._load(path), 0
+                return self._load(path), self.labels[j]
             except (OSError, SyntaxError, ValueError) as err:
                 if self.bad_images == "stop":
                     raise UnreadableImageError(

@@ -34,11 +34,16 @@ def network_kwargs_error(name: str, kwargs: dict[str, Any]) -> str | None:
     params = inspect.signature(factory).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return None
-    accepted = [p for p in params if p not in ("data_shape", "param")]
+    accepted = [p for p in params if p not in ("data_shape", "param", "num_classes")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         return f"model.kwargs has unknown keys {unknown} for network '{name}'; accepted: {accepted}"
     return None
+
+
+def supports_labels(name: str) -> bool:
+    """Whether network ``name`` can embed class labels (its factory takes ``num_classes``)."""
+    return "num_classes" in inspect.signature(lookup(NETWORKS, name, "network")).parameters
 
 
 #: the rows a network can be trained under (``score`` is for analytic scores, not networks)
@@ -52,14 +57,32 @@ def validate_model_config(cfg: ModelConfig) -> None:
     require(problem is None, str(problem))
     require_choice(cfg.parameterization, set(NETWORK_PARAMETERIZATIONS), "model.parameterization")
     require(cfg.sigma_data > 0, f"model.sigma_data must be > 0, got {cfg.sigma_data}")
+    require(cfg.num_classes >= 0, f"model.num_classes must be >= 0, got {cfg.num_classes}")
+    require(
+        0 <= cfg.label_dropout < 1,
+        f"model.label_dropout (classifier-free guidance's p_uncond) must lie in [0, 1), got "
+        f"{cfg.label_dropout}",
+    )
+    require(
+        cfg.num_classes == 0 or supports_labels(cfg.name),
+        f"network '{cfg.name}' has no label embedding: set model.num_classes=0 or use one of "
+        f"{', '.join(sorted(n for n in NETWORKS if supports_labels(n)))}",
+    )
 
 
 def build_network(
-    name: str, data_shape: Sequence[int], param: Parameterization, **kwargs: Any
+    name: str,
+    data_shape: Sequence[int],
+    param: Parameterization,
+    num_classes: int = 0,
+    **kwargs: Any,
 ) -> nn.Module:
+    """Network ``name`` for ``data_shape`` under ``param``; ``num_classes > 0``: class-conditional."""
     problem = network_kwargs_error(name, kwargs)
     if problem:
         raise ValueError(problem)
+    if num_classes:
+        kwargs["num_classes"] = num_classes
     return lookup(NETWORKS, name, "network")(tuple(data_shape), param, **kwargs)
 
 
@@ -69,5 +92,6 @@ __all__ = [
     "ScoreModel",
     "build_network",
     "network_kwargs_error",
+    "supports_labels",
     "validate_model_config",
 ]

@@ -12,7 +12,10 @@ in the order of the official flat ``all_modules`` list and remembered in ``offic
 
 Call signature: ``net(x, c_noise) -> F``, the raw output; the parameterization gives ``c_noise``
 (ln sigma for Song's VE row, embedded with Fourier features; the DDPM timestep (N - 1) t for VP,
-positional) and turns F into a score.
+positional) and turns F into a score. A class-conditional network (``num_classes > 0``, not part
+of the paper's models) is called ``net(x, c_noise, labels)``: a learned embedding of the label
+(``num_classes`` itself is the "no class" label of classifier-free guidance) is added to the
+noise embedding before its MLP.
 """
 
 from __future__ import annotations
@@ -145,9 +148,11 @@ class NCSNpp(nn.Module):
         resolution: int,
         center_input: bool,
         embedding: str,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.num_classes = num_classes
         self.center_input = center_input
         self.num_levels = len(cfg.ch_mult)
         # The layers of the official flat ``all_modules`` list, in its order (see official_key_map).
@@ -210,6 +215,15 @@ class NCSNpp(nn.Module):
             )
             order(self.temb_mlp[0])
             order(self.temb_mlp[2])
+        # Not in the official list: the official models have no labels.
+        self.label_embed: nn.Embedding | None = None
+        if num_classes:
+            if self.temb_mlp is None:
+                raise ValueError(
+                    "a class-conditional NCSN++ adds the label to the noise embedding, which "
+                    "needs model.kwargs.conditional=true"
+                )
+            self.label_embed = nn.Embedding(num_classes + 1, embed_dim)
 
         self.conv_in = conv2d(in_channels, nf)
         order(self.conv_in)
@@ -284,11 +298,13 @@ class NCSNpp(nn.Module):
     def _transition(layer: nn.Module, h: Tensor, temb: Tensor | None) -> Tensor:
         return layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         cfg = self.cfg
         emb = (
             self.embed(c_noise) if self.embed is not None else positional_embedding(c_noise, cfg.nf)
         )
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(labels)
         temb = None
         if self.temb_mlp is not None:
             temb = self.temb_mlp(emb.to(self.temb_mlp[0].weight.dtype))
@@ -343,10 +359,14 @@ class NCSNpp(nn.Module):
 
 # -- factories -------------------------------------------------------------------------------
 def build_ncsnpp(
-    preset: str, data_shape: Sequence[int], param: Parameterization, **overrides: Any
+    preset: str,
+    data_shape: Sequence[int],
+    param: Parameterization,
+    num_classes: int = 0,
+    **overrides: Any,
 ) -> NCSNpp:
     """Build ``preset`` for images of ``data_shape`` (C, H, W) trained under ``param``;
-    ``overrides`` replace its knobs."""
+    ``overrides`` replace its knobs; ``num_classes > 0`` adds a label embedding."""
     if preset not in PRESETS:
         raise ValueError(
             f"unknown NCSN++ preset '{preset}'; valid presets: {', '.join(sorted(PRESETS))}"
@@ -376,12 +396,14 @@ def build_ncsnpp(
             "set model.kwargs.embedding_type=fourier or positional"
         )
     center = (not param.sde.centered) if cfg.center_input is None else cfg.center_input
-    return NCSNpp(cfg, c, height, center, embedding)
+    return NCSNpp(cfg, c, height, center, embedding, num_classes)
 
 
 def _preset_factory(preset: str) -> Callable[..., NCSNpp]:
-    def factory(data_shape: Sequence[int], param: Parameterization, **overrides: Any) -> NCSNpp:
-        return build_ncsnpp(preset, data_shape, param, **overrides)
+    def factory(
+        data_shape: Sequence[int], param: Parameterization, num_classes: int = 0, **overrides: Any
+    ) -> NCSNpp:
+        return build_ncsnpp(preset, data_shape, param, num_classes, **overrides)
 
     factory.__name__ = factory.__qualname__ = preset
     factory.__doc__ = f"NCSN++ family preset '{preset}'; keyword arguments override its knobs."
@@ -389,6 +411,7 @@ def _preset_factory(preset: str) -> Callable[..., NCSNpp]:
     fixed = [
         inspect.Parameter("data_shape", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         inspect.Parameter("param", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("num_classes", inspect.Parameter.KEYWORD_ONLY, default=0),
     ]
     knobs = [
         inspect.Parameter(

@@ -23,16 +23,19 @@ class DiffusersUNet(nn.Module):
     network here returns the raw F its parameterization expects.
     """
 
-    def __init__(self, unet: UNet2DModel) -> None:
+    def __init__(self, unet: UNet2DModel, num_classes: int = 0) -> None:
         super().__init__()
         self.unet = unet
         self.fourier = unet.config.time_embedding_type == "fourier"
+        #: labels 0..num_classes - 1; num_classes itself is classifier-free guidance's "no class"
+        self.num_classes = num_classes
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         if not self.fourier:
-            return self.unet(x, c_noise).sample
+            return self.unet(x, c_noise, class_labels=labels).sample
         level = c_noise.exp()
-        return self.unet(x, level).sample * batch_broadcast(level, x).to(x.dtype)
+        out = self.unet(x, level, class_labels=labels).sample
+        return out * batch_broadcast(level, x).to(x.dtype)
 
 
 def small_unet(
@@ -43,8 +46,11 @@ def small_unet(
     attention: bool = True,
     dropout: float = 0.0,
     norm_num_groups: int = 8,
+    num_classes: int = 0,
 ) -> DiffusersUNet:
-    """A UNet with ``len(channels)`` resolutions; attention at the lowest one when ``attention``."""
+    """A UNet with ``len(channels)`` resolutions; attention at the lowest one when ``attention``;
+    with ``num_classes > 0`` UNet2DModel's class embedding (one more row: the null label) is
+    added to its time embedding."""
     c, h, w = data_shape
     n = len(channels)
     down = ["DownBlock2D"] * n
@@ -65,8 +71,9 @@ def small_unet(
         norm_num_groups=norm_num_groups,
         dropout=dropout,
         attention_head_dim=None,
+        num_class_embeds=num_classes + 1 if num_classes else None,
     )
-    return DiffusersUNet(unet)
+    return DiffusersUNet(unet, num_classes)
 
 
 def diffusers_unet2d(

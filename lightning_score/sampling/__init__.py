@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_score.config import ConfigError, SamplingConfig, require
 from lightning_score.registry import lookup
-from lightning_score.sampling.base import CountingScore, SampleResult
+from lightning_score.sampling.base import CountingScore, SampleResult, StepHook, no_hook
 from lightning_score.sampling.correctors import CORRECTORS, corrector_unsupported
 from lightning_score.sampling.ode import (
     ODE_METHODS,
@@ -92,6 +92,19 @@ def check_sampling(sde: SDE, cfg: SamplingConfig) -> None:
             f"sampling.rtol and sampling.atol (ode tolerances) must be > 0, got rtol={cfg.rtol}, "
             f"atol={cfg.atol}",
         )
+    require(
+        cfg.resample_jump >= 0 and cfg.resample_repeats >= 1,
+        f"sampling.resample_jump must be >= 0 and sampling.resample_repeats >= 1, got "
+        f"{cfg.resample_jump} and {cfg.resample_repeats}",
+    )
+    resampling = cfg.resample_jump > 0 and cfg.resample_repeats > 1
+    require(
+        not resampling or cfg.sampler == "pc",
+        f"RePaint resampling (sampling.resample_jump, sampling.resample_repeats) alternates "
+        f"stochastic reverse steps with forward diffusion; sampler '{cfg.sampler}' integrates the "
+        "probability-flow ODE: use sampling.sampler=pc or turn resampling off "
+        "(sampling.resample_repeats=1)",
+    )
     if cfg.sampler == "pc":
         require(
             not (cfg.predictor == "none" and cfg.corrector == "none"),
@@ -131,16 +144,21 @@ def sample(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    hook: StepHook | None = None,
 ) -> SampleResult:
     """Draw ``shape[0]`` samples with the sampler ``cfg`` names; noise comes from ``generator``.
 
-    Runs under ``torch.no_grad`` (an analytic score that needs autograd must enable it itself).
-    ``device`` defaults to the generator's, else the model's, else CPU.
+    Runs under ``torch.no_grad`` (an analytic score or a guidance term that needs autograd must
+    enable it itself). ``device`` defaults to the generator's, else the model's, else CPU.
+    Conditioning composes: guidance wraps ``score_fn``; a projection is a ``hook``
+    (:class:`~lightning_score.sampling.base.StepHook`) that every fixed-grid sampler calls
+    after the prior draw and after each move, and that this function applies to the result.
     """
     check_sampling(sde, cfg)
     device = torch.device(device) if device is not None else _default_device(score_fn, generator)
     eps = sde.default_eps if cfg.eps is None else cfg.eps
     counter = CountingScore(score_fn)
+    bound = no_hook if hook is None else lambda x, t: hook(x, t, generator)
     with torch.no_grad():
         x = SAMPLERS[cfg.sampler](
             counter,
@@ -151,7 +169,9 @@ def sample(
             generator=generator,
             device=device,
             progress=progress,
+            hook=bound,
         )
+        x = bound(x, None)
     return SampleResult(samples=x, nfe=counter.nfe)
 
 
@@ -162,6 +182,7 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULES",
     "SampleResult",
+    "StepHook",
     "batch_seed",
     "check_sampling",
     "make_generator",

@@ -3,7 +3,9 @@ one-step chain implied by a linear SDE's perturbation kernel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -29,6 +31,31 @@ class CountingScore:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         return self.score_fn(x, t)
+
+
+class StepHook(Protocol):
+    """What :func:`~lightning_score.sampling.sample` calls on the sampler's state between moves.
+
+    ``x`` is the state in model space at time ``t``: after the prior draw (t = T), after every
+    move of a fixed-grid sampler (each predictor, corrector, solver or resampling move), and
+    once on the returned sample with ``t = None`` (an estimate of clean data). The hook returns
+    the state to continue from: projections (inpainting, colorization, noiseless measurements)
+    replace a part of it; ``generator`` is the sampler's, so a seed still fixes the samples.
+    Guidance terms do not need a hook: they wrap ``score_fn``.
+    """
+
+    def __call__(self, x: Tensor, t: float | None, generator: torch.Generator | None) -> Tensor:
+        """The state to continue from."""
+        ...
+
+
+#: a hook bound to the sampler's generator, as samplers call it: ``hook(x, t)``
+BoundHook = Callable[[Tensor, "float | None"], Tensor]
+
+
+def no_hook(x: Tensor, t: float | None) -> Tensor:
+    """The identity: what samplers call between moves when nothing conditions them."""
+    return x
 
 
 def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
@@ -78,3 +105,12 @@ def chain_step(sde: SDE, t: float, s: float, like: Tensor) -> tuple[Tensor, Tens
     alpha_s, std_s = kernel(sde, s, like)
     a = alpha_t / alpha_s
     return a, std_t**2 - a**2 * std_s**2, std_t, std_s
+
+
+def forward_move(
+    sde: SDE, x: Tensor, t: float, t_next: float, generator: torch.Generator | None
+) -> Tensor:
+    """Diffuse x from time t up to t_next > t with the forward kernel: x' = a x + G z (RePaint's
+    jump back in time; exact for a linear SDE, no score evaluation)."""
+    a, g2, _, _ = chain_step(sde, t_next, t, x)
+    return a * x + g2.sqrt() * noise_like(x, generator)

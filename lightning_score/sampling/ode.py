@@ -17,12 +17,14 @@ from torch import Tensor
 from torchdiffeq import odeint
 from tqdm.auto import tqdm, trange
 
-from lightning_score.config import SamplingConfig
+from lightning_score.config import ConfigError, SamplingConfig
 from lightning_score.sampling.base import (
+    BoundHook,
     CountingScore,
     SampleResult,
     batch_time,
     kernel,
+    no_hook,
     noise_like,
 )
 from lightning_score.sampling.schedules import time_grid
@@ -30,6 +32,14 @@ from lightning_score.sde import SDE, ScoreFn
 
 #: torchdiffeq's adaptive-step methods (fixed-grid ones need a step size: use euler/heun/dpmpp_2m).
 ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+#: why the adaptive solver takes no step hook (projections): it owns its steps, rejects and
+#: retries them, and interpolates; changing its state between them breaks its error control.
+NO_HOOK_REASON = (
+    "sampler 'ode' is torchdiffeq's adaptive solver, whose steps are its own (rejected, retried, "
+    "interpolated), so a projection cannot run between them: use a fixed-grid sampler (pc, "
+    "euler, heun, dpmpp_2m, edm) or a method that wraps the score (measurement guidance)"
+)
 
 
 def tweedie_denoise(score_fn: ScoreFn, sde: SDE, x: Tensor, t: float) -> Tensor:
@@ -77,8 +87,14 @@ def ode_sampler(
     generator: torch.Generator | None,
     device: torch.device,
     progress: bool,
+    hook: BoundHook = no_hook,
 ) -> Tensor:
-    """Adaptive probability-flow ODE from T to eps (RK45 = dopri5 by default), then Tweedie."""
+    """Adaptive probability-flow ODE from T to eps (RK45 = dopri5 by default), then Tweedie.
+
+    Refuses a step hook (:data:`NO_HOOK_REASON`); guidance, which wraps ``score_fn``, works.
+    """
+    if hook is not no_hook:
+        raise ConfigError(NO_HOOK_REASON)
     x = sde.prior_sampling(shape, generator=generator, device=device)
     x = ode_solve(
         score_fn,
@@ -158,6 +174,11 @@ def _denoiser(score_fn: ScoreFn, x_tilde: Tensor, t: float, alpha: Tensor, sigma
     return x_tilde + sigma**2 * alpha * score_fn(x, batch_time(t, x))
 
 
+def _hooked(hook: BoundHook, x_tilde: Tensor, t: float, alpha: Tensor) -> Tensor:
+    """The hook on the model-space state alpha x~ at time t, back in EDM's variables."""
+    return hook(alpha * x_tilde, t) / alpha
+
+
 def _finish(
     score_fn: ScoreFn, x_tilde: Tensor, t: float, alpha: Tensor, sigma: Tensor, denoise: bool
 ) -> Tensor:
@@ -173,13 +194,14 @@ def solve_euler(
     *,
     denoise: bool = True,
     progress: bool = False,
+    hook: BoundHook = no_hook,
 ) -> Tensor:
     """Euler on dx~/dsigma = (x~ - D) / sigma (EDM eq. 3; = DDIM) along ``ts``: one NFE per step."""
     alphas, sigmas = _edm_grid(sde, ts, x)
     x = x / alphas[0]
     for i in trange(len(ts) - 1, disable=not progress, desc="euler"):
         d = (x - _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])) / sigmas[i]
-        x = x + (sigmas[i + 1] - sigmas[i]) * d
+        x = _hooked(hook, x + (sigmas[i + 1] - sigmas[i]) * d, ts[i + 1], alphas[i + 1])
     return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
 
 
@@ -191,6 +213,7 @@ def solve_heun(
     *,
     denoise: bool = True,
     progress: bool = False,
+    hook: BoundHook = no_hook,
 ) -> Tensor:
     """Heun's 2nd-order method (EDM Alg. 1 without churn) along ``ts``: two NFE per step."""
     alphas, sigmas = _edm_grid(sde, ts, x)
@@ -201,7 +224,7 @@ def solve_heun(
         x_next = x + h * d  # l. 8
         denoised = _denoiser(score_fn, x_next, ts[i + 1], alphas[i + 1], sigmas[i + 1])
         d_next = (x_next - denoised) / sigmas[i + 1]  # l. 10
-        x = x + h * (d + d_next) / 2  # l. 11
+        x = _hooked(hook, x + h * (d + d_next) / 2, ts[i + 1], alphas[i + 1])  # l. 11
     return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
 
 
@@ -213,6 +236,7 @@ def solve_dpmpp_2m(
     *,
     denoise: bool = True,
     progress: bool = False,
+    hook: BoundHook = no_hook,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, one NFE per step.
 
@@ -233,6 +257,7 @@ def solve_dpmpp_2m(
             r = (lambdas[i] - lambdas[i - 1]) / h
             d_hat = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
         x = sigmas[i + 1] / sigmas[i] * x - torch.expm1(-h) * d_hat
+        x = _hooked(hook, x, ts[i + 1], alphas[i + 1])
         previous = denoised
     return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
 
@@ -260,6 +285,7 @@ def solve_edm_stochastic(
     generator: torch.Generator | None,
     denoise: bool = True,
     progress: bool = False,
+    hook: BoundHook = no_hook,
 ) -> Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, Alg. 2) along ``ts``: before each Heun step,
     noise is added to raise sigma_i by gamma_i = min(churn / N, sqrt(2) - 1) when sigma_i lies in
@@ -281,6 +307,7 @@ def solve_edm_stochastic(
         x_next = x + h * d  # l. 8
         denoised = _denoiser(score_fn, x_next, ts[i + 1], alphas[i + 1], sigmas[i + 1])
         x = x + h * (d + (x_next - denoised) / sigmas[i + 1]) / 2  # l. 10-11
+        x = _hooked(hook, x, ts[i + 1], alphas[i + 1])
     return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
 
 
@@ -294,10 +321,11 @@ def edm_sampler(
     generator: torch.Generator | None,
     device: torch.device,
     progress: bool,
+    hook: BoundHook = no_hook,
 ) -> Tensor:
     """A SAMPLERS entry: prior draw, then EDM's stochastic sampler with the configured churn."""
-    x = sde.prior_sampling(shape, generator=generator, device=device)
     ts = few_step_grid(sde, cfg, eps)
+    x = hook(sde.prior_sampling(shape, generator=generator, device=device), ts[0])
     return solve_edm_stochastic(
         score_fn,
         sde,
@@ -310,6 +338,7 @@ def edm_sampler(
         generator=generator,
         denoise=cfg.denoise,
         progress=progress,
+        hook=hook,
     )
 
 
@@ -329,10 +358,11 @@ def fixed_step_sampler(solver: FixedStepSolver) -> Callable[..., Tensor]:
         generator: torch.Generator | None,
         device: torch.device,
         progress: bool,
+        hook: BoundHook = no_hook,
     ) -> Tensor:
-        x = sde.prior_sampling(shape, generator=generator, device=device)
         ts = few_step_grid(sde, cfg, eps)
-        return solver(score_fn, sde, x, ts, denoise=cfg.denoise, progress=progress)
+        x = hook(sde.prior_sampling(shape, generator=generator, device=device), ts[0])
+        return solver(score_fn, sde, x, ts, denoise=cfg.denoise, progress=progress, hook=hook)
 
     run.__doc__ = f"Prior sample, then {solver.__name__} on the configured grid."
     return run

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import Tensor
-from tqdm.auto import trange
+from tqdm.auto import tqdm
 
 from lightning_score.config import SamplingConfig
+from lightning_score.sampling.base import BoundHook, forward_move, no_hook
 from lightning_score.sampling.correctors import CORRECTORS
 from lightning_score.sampling.predictors import PREDICTORS
-from lightning_score.sampling.schedules import time_grid
+from lightning_score.sampling.schedules import resampling_grid, time_grid
 from lightning_score.sde import SDE, ScoreFn
 
 
@@ -23,27 +26,42 @@ def pc_sampler(
     generator: torch.Generator | None,
     device: torch.device,
     progress: bool,
+    hook: BoundHook = no_hook,
 ) -> Tensor:
     """N steps from T to eps; at each grid time a corrector, then a predictor step to the next time.
 
     With ``cfg.denoise`` the noise of the last predictor step is left out (the paper's final
-    denoising step), which costs no extra score evaluation.
+    denoising step), which costs no extra score evaluation. ``hook`` sees the state after the
+    prior draw and after every move. With RePaint's resampling (``cfg.resample_jump``,
+    ``cfg.resample_repeats``) the grid also moves up in time, by the forward kernel.
     """
     predictor = PREDICTORS[cfg.predictor]
     corrector = CORRECTORS[cfg.corrector]
     ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho, auto=sde.pc_schedule)
-    x = sde.prior_sampling(shape, generator=generator, device=device)
+    ts = resampling_grid(ts, cfg.resample_jump, cfg.resample_repeats)
+    x = hook(sde.prior_sampling(shape, generator=generator, device=device), ts[0])
     x_mean = x
-    for i in trange(cfg.steps, disable=not progress, desc=f"pc {cfg.predictor}/{cfg.corrector}"):
-        t, t_next = ts[i], ts[i + 1]
+    moves = tqdm(
+        pairwise(ts),
+        total=len(ts) - 1,
+        disable=not progress,
+        desc=f"pc {cfg.predictor}/{cfg.corrector}",
+    )
+    for t, t_next in moves:
+        if t_next > t:  # resampling: back up the forward SDE
+            x = x_mean = hook(forward_move(sde, x, t, t_next, generator), t_next)
+            continue
         if corrector is not None:
             x, x_mean = corrector(
                 sde, score_fn, x, t, t_next, generator, cfg.snr, cfg.corrector_steps
             )
+            x = hook(x, t)
         if predictor is not None:
             x, x_mean = predictor(sde, score_fn, x, t, t_next, generator)
+            x = hook(x, t_next)
         else:
             # Corrector only: a Langevin step's mean is no denoised sample (dropping its noise
             # shrinks the variance by ~4 snr^2), so there is nothing to denoise, as officially.
-            x_mean = x
+            # The next corrector runs at t_next: the hook prepares the state for that time.
+            x = x_mean = hook(x, t_next)
     return x_mean if cfg.denoise else x

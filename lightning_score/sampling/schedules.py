@@ -69,3 +69,23 @@ def time_grid(
     if schedule == AUTO:
         schedule = auto
     return lookup(SCHEDULES, schedule, "time schedule")(sde, steps, eps, rho).tolist()
+
+
+def resampling_grid(ts: list[float], jump: int, repeats: int) -> list[float]:
+    """RePaint's resampling (Lugmayr et al. 2022, Alg. 1 with jumps) on a decreasing grid ``ts``.
+
+    The grid is cut into segments of ``jump`` steps; each segment is walked ``repeats`` times,
+    diffusing back up to its start in between (one forward move: the forward kernels compose).
+    A later time that is larger than the one before it marks such a move. ``jump <= 0`` or
+    ``repeats <= 1`` leave ``ts`` as it is.
+    """
+    if jump <= 0 or repeats <= 1:
+        return list(ts)
+    out = [ts[0]]
+    for start in range(0, len(ts) - 1, jump):
+        segment = ts[start + 1 : start + jump + 1]
+        for r in range(repeats):
+            if r:
+                out.append(ts[start])
+            out.extend(segment)
+    return out
