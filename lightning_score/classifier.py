@@ -320,6 +320,19 @@ def classify(
     return torch.cat(preds)
 
 
+def validation_accuracy(classifier: NoiseConditionalClassifier, cfg: ClassifierConfig) -> float:
+    """Accuracy on the clean images of the data set's validation split (held out in training)."""
+    from lightning_score.data import build_datamodule
+
+    datamodule = build_datamodule(cfg.data, seed=cfg.seed)
+    datamodule.setup()
+    correct = total = 0
+    for images, labels in torch.utils.data.DataLoader(datamodule.val_set, batch_size=256):
+        correct += int((classify(classifier, images) == labels).sum())
+        total += labels.numel()
+    return correct / total
+
+
 __all__ = [
     "ClassifierModule",
     "NoiseConditionalClassifier",
@@ -330,4 +343,5 @@ __all__ = [
     "load_classifier_config",
     "train_classifier",
     "validate_classifier_config",
+    "validation_accuracy",
 ]

@@ -18,6 +18,11 @@ COMMANDS = {
     "likelihood": "bits/dim through the probability-flow ODE",
     "convert": "convert an official score_sde_pytorch checkpoint or a diffusers model",
     "export": "export a checkpoint as safetensors (+ config, model card) or a diffusers folder",
+    "train-classifier": "train a noise-conditional classifier for classifier guidance",
+    "sample-classes": "class-conditional samples (classifier or classifier-free guidance)",
+    "inpaint": "fill in masked regions of images (.npz + figure + PSNR/SSIM)",
+    "colorize": "colour grey images (.npz + figure + PSNR/SSIM)",
+    "inverse": "super-resolution, compressive sensing, deblurring (.npz + figure + PSNR/SSIM)",
 }
 
 
@@ -44,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, help_text in COMMANDS.items():
-        modules[name] = importlib.import_module(f"lightning_score.commands.{name}")
+        modules[name] = importlib.import_module(
+            f"lightning_score.commands.{name.replace('-', '_')}"
+        )
         modules[name].add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
     try:

@@ -78,15 +78,20 @@ def classifier_guided(
     return guided
 
 
-def classifier_free_guided(model: ScoreModel, labels: Tensor, scale: float = 1.0) -> ScoreFn:
-    """s_u + scale (s_c - s_u) of a class-conditional model, both in one batched call; scale 1
-    is the conditional score alone (one network pass), scale > 1 sharpens towards the class."""
+def require_conditional(model: ScoreModel) -> None:
+    """One-line error when classifier-free guidance is asked of an unconditional model."""
     if not model.num_classes:
         raise ValueError(
             "classifier-free guidance needs a class-conditional model, but this one is "
             "unconditional (model.num_classes=0): train with model.num_classes > 0, or use "
             "classifier guidance with a noisy classifier"
         )
+
+
+def classifier_free_guided(model: ScoreModel, labels: Tensor, scale: float = 1.0) -> ScoreFn:
+    """s_u + scale (s_c - s_u) of a class-conditional model, both in one batched call; scale 1
+    is the conditional score alone (one network pass), scale > 1 sharpens towards the class."""
+    require_conditional(model)
     labels = check_labels(labels, model.num_classes)
 
     def conditional(x: Tensor, t: Tensor) -> Tensor:
@@ -117,20 +122,34 @@ def measurement_guided(
     *,
     scale: float = 1.0,
     data_std: float | None = None,
+    network_sigma: float | None = None,
 ) -> ScoreFn:
     """s(x, t) + scale * grad_x log N(y; A D(x, t), noise_std^2 I + r_t^2 A A^T) (module doc).
 
-    ``data_std`` None gives r_t = 0 (DPS), which needs ``noise_std > 0``. Costs one backward pass
-    through the score per evaluation.
+    The gradient is J_D^T A^T (noise_std^2 I + r_t^2 A A^T)^{-1} (y - A D) with J_D the
+    denoiser's Jacobian. DPS takes J_D from the network by a backward pass. At high noise that
+    is unreliable: D = (x + std^2 s) / alpha multiplies the network's error by sigma = std /
+    alpha (100+ at the end of a VP SDE), while y says next to nothing about x_t there. Above
+    the noise level ``network_sigma`` (None: never) J_D is therefore that of data with std
+    ``data_std``, (1 / alpha) d^2 / (d^2 + sigma^2) I, which needs no backward pass and is exact
+    for isotropic Gaussian data. ``data_std`` None gives r_t = 0 (plain DPS), which needs
+    ``noise_std > 0`` and ``network_sigma`` None.
     """
     if noise_std < 0:
         raise ValueError(f"the measurement noise std must be >= 0, got {noise_std}")
-    if noise_std == 0 and data_std is None:
+    if data_std is None and (noise_std == 0 or network_sigma is not None):
         raise ValueError(
-            "measurement guidance of noiseless measurements needs the posterior variance term: "
-            "give the data std, or use the projection method"
+            "measurement guidance needs the data std for noiseless measurements and for the "
+            "Gaussian Jacobian at high noise (network_sigma): give data_std"
         )
     noise_var = noise_std**2
+
+    def posterior_var(t: Tensor) -> Tensor:
+        """r_t^2 = sigma^2 d^2 / (sigma^2 + d^2): Var[x_0 | x_t] for data of std d."""
+        if data_std is None:
+            return torch.zeros_like(t)
+        sigma2 = sde.sigma(t) ** 2
+        return sigma2 * data_std**2 / (sigma2 + data_std**2)
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         target = y.to(x)
@@ -138,11 +157,14 @@ def measurement_guided(
             raise ValueError(
                 f"{target.shape[0]} measurements for a batch of {x.shape[0]}: give one per sample"
             )
-        if data_std is None:
-            r2 = torch.zeros_like(t)
-        else:
+        r2 = posterior_var(t)
+        if network_sigma is not None and bool((sde.sigma(t) > network_sigma).all()):
+            score = score_fn(x, t)
+            residual = target - operator(tweedie(sde, x, t, score))
             sigma2 = sde.sigma(t) ** 2
-            r2 = sigma2 * data_std**2 / (sigma2 + data_std**2)
+            jac = data_std**2 / (data_std**2 + sigma2) / sde.alpha(t)  # type: ignore[operator]
+            weighted = operator.adjoint(operator.gram_solve(residual, noise_var, r2))
+            return score + scale * batch_broadcast(jac, x) * weighted
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             score = score_fn(x_in, t)
@@ -160,5 +182,6 @@ __all__ = [
     "classifier_free_guided",
     "classifier_guided",
     "measurement_guided",
+    "require_conditional",
     "tweedie",
 ]

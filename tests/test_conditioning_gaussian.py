@@ -201,31 +201,34 @@ def gaussian_posterior(mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor]:
     return post_cov @ (torch.linalg.solve(cov, mean) + a.T @ Y_NOISY / NOISE**2), post_cov
 
 
-def _guided(sde: SDE, base, data_std: float | None, batch: int):
+def _guided(sde: SDE, base, data_std: float | None, batch: int, network_sigma: float | None = None):
+    y = Y_NOISY.expand(batch, -1)
     return measurement_guided(
-        base, sde, OPERATOR, Y_NOISY.expand(batch, -1), NOISE, data_std=data_std
+        base, sde, OPERATOR, y, NOISE, data_std=data_std, network_sigma=network_sigma
     )
 
 
 @pytest.mark.parametrize("sde_name", SDES)
 @pytest.mark.parametrize(
-    ("cfg", "var_bias"),
+    ("cfg", "var_bias", "network_sigma"),
     [
         # the allowances of test_samplers_gaussian: 10 / N for PC (measured here 3-4.5%), 2%
         # path error for the ODE solvers, plus 1.5% for the stiffer guided score
-        (SamplingConfig(predictor="reverse_diffusion", steps=200), 0.05),
-        (SamplingConfig(sampler="ode"), 0.035),
-        (SamplingConfig(sampler="heun", steps=40), 0.035),
+        (SamplingConfig(predictor="reverse_diffusion", steps=200), 0.05, None),
+        (SamplingConfig(predictor="reverse_diffusion", steps=200), 0.05, 1.0),
+        (SamplingConfig(sampler="ode"), 0.035, None),
+        (SamplingConfig(sampler="heun", steps=40), 0.035, 0.0),
     ],
-    ids=["pc", "ode", "heun"],
+    ids=["pc", "pc_switch", "ode", "heun_gaussian_jacobian"],
 )
 def test_measurement_guidance_is_exact_for_isotropic_gaussian_data(
-    sde_name: str, cfg: SamplingConfig, var_bias: float
+    sde_name: str, cfg: SamplingConfig, var_bias: float, network_sigma: float | None
 ) -> None:
     """With the posterior-variance term r_t^2 of data std s, p_t(y | x_t) is exact for
-    N(m, s^2 I): every sampler then draws the posterior (the adaptive ODE included)."""
+    N(m, s^2 I), and so is the Gaussian Jacobian used above ``network_sigma``: every sampler
+    then draws the posterior (the adaptive ODE included)."""
     sde, s = SDES[sde_name](), 0.7
-    guided = _guided(sde, gaussian_score(sde, M, s), s, N)
+    guided = _guided(sde, gaussian_score(sde, M, s), s, N, network_sigma)
     x = sample(guided, sde, (N, 4), cfg, generator=make_generator(2)).samples.double()
     mean, cov = gaussian_posterior(M, s**2 * torch.eye(4, dtype=D))
     assert_matches(x, mean, cov, mean_bias=3 / 200 + 0.011, var_bias=var_bias)

@@ -1,0 +1,81 @@
+"""Images into the conditional-generation commands: an ``.npz`` or a folder in, images in [0, 1]
+at the model's shape out.
+
+An ``.npz`` input holds its images under ``images`` or as its first array (``arr_0``, what
+``lscore sample`` writes): uint8 (N, H, W, C) or (N, H, W), or floats in [0, 1] (N, C, H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_score.data.image_sets import IMAGE_SUFFIXES
+
+
+def _from_array(array: np.ndarray) -> Tensor:
+    """(N, C, H, W) floats in [0, 1] from the layouts the module docstring lists."""
+    if array.dtype == np.uint8:
+        x = torch.from_numpy(array.astype(np.float32) / 255.0)
+        if x.dim() == 3:
+            return x[:, None]
+        if x.dim() == 4:
+            return x.permute(0, 3, 1, 2)
+    elif np.issubdtype(array.dtype, np.floating) and array.ndim == 4:
+        return torch.from_numpy(array.astype(np.float32)).clamp(0, 1)
+    raise ValueError(
+        f"images of dtype {array.dtype} and shape {array.shape}: give uint8 (N, H, W[, C]) or "
+        "floats in [0, 1] of shape (N, C, H, W)"
+    )
+
+
+def _read_folder(folder: Path) -> Tensor:
+    from PIL import Image
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below {folder}")
+    images = []
+    for path in files:
+        with Image.open(path) as img:
+            images.append(np.asarray(img.convert("RGB")))
+    sizes = {a.shape for a in images}
+    if len(sizes) > 1:
+        raise ValueError(f"the images below {folder} differ in size ({sorted(sizes)[:3]}...)")
+    return _from_array(np.stack(images))
+
+
+def to_shape(images01: Tensor, data_shape: Sequence[int]) -> Tensor:
+    """Images at the model's (C, H, W): resized (antialiased) and grey <-> RGB as needed."""
+    channels, height, width = data_shape
+    x = images01
+    if x.shape[1] == 3 and channels == 1:
+        x = x.mean(1, keepdim=True)
+    elif x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] != channels:
+        raise ValueError(f"images with {x.shape[1]} channels for a model of {channels}")
+    if tuple(x.shape[-2:]) != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return x.clamp(0, 1).contiguous()
+
+
+def load_images(source: str | Path, data_shape: Sequence[int], limit: int | None = None) -> Tensor:
+    """The first ``limit`` images of an ``.npz`` or a folder, in [0, 1] at ``data_shape``."""
+    path = Path(source)
+    if path.is_dir():
+        images = _read_folder(path)
+    elif path.is_file() and path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            key = "images" if "images" in data.files else data.files[0]
+            images = _from_array(data[key])
+    else:
+        raise ValueError(f"input {path} is neither an .npz file nor a folder of images")
+    if len(data_shape) != 3:
+        raise ValueError(f"image inputs need an image model, got data of shape {tuple(data_shape)}")
+    return to_shape(images[:limit], data_shape)
