@@ -1,5 +1,5 @@
-"""Images into the conditional-generation commands: an ``.npz`` or a folder in, images in [0, 1]
-at the model's shape out.
+"""Images into the conditional-generation commands: an ``.npz``, a folder or the held-out split of
+the model's own data set in, images in [0, 1] at the model's shape out.
 
 An ``.npz`` input holds its images under ``images`` or as its first array (``arr_0``, what
 ``lscore sample`` writes): uint8 (N, H, W, C) or (N, H, W), or floats in [0, 1] (N, C, H, W).
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_score.config import DataConfig
 from lightning_score.data.image_sets import IMAGE_SUFFIXES
 
 
@@ -65,8 +66,33 @@ def to_shape(images01: Tensor, data_shape: Sequence[int]) -> Tensor:
     return x.clamp(0, 1).contiguous()
 
 
-def load_images(source: str | Path, data_shape: Sequence[int], limit: int | None = None) -> Tensor:
-    """The first ``limit`` images of an ``.npz`` or a folder, in [0, 1] at ``data_shape``."""
+#: ``--input`` value that names the held-out split of the checkpoint's own data set
+HELD_OUT = "val"
+
+
+def held_out_images(data: DataConfig, seed: int = 0, limit: int | None = None) -> Tensor:
+    """The first ``limit`` images of a data set's validation split (what training held out)."""
+    from lightning_score.data import build_datamodule
+
+    datamodule = build_datamodule(data, seed=seed)
+    datamodule.setup()
+    count = len(datamodule.val_set)  # type: ignore[arg-type]
+    count = count if limit is None else min(limit, count)
+    return torch.stack([datamodule.val_set[i][0] for i in range(count)])  # type: ignore[index]
+
+
+def load_images(
+    source: str | Path,
+    data_shape: Sequence[int],
+    limit: int | None = None,
+    data: DataConfig | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """The first ``limit`` images of an ``.npz`` or a folder, in [0, 1] at ``data_shape``; with
+    ``source`` "val", of the validation split of ``data`` (a checkpoint's data set, split with
+    its ``seed``)."""
+    if str(source) == HELD_OUT and data is not None:
+        return to_shape(held_out_images(data, seed, limit), data_shape)
     path = Path(source)
     if path.is_dir():
         images = _read_folder(path)

@@ -129,6 +129,15 @@ def test_class_conditional_config_errors_name_the_key(overrides: list[str], phra
         load_config(ROOT / "configs" / "digits_cfg.yaml", overrides)
 
 
+CLASSIFIER_CONFIGS = sorted((ROOT / "configs" / "classifier").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CLASSIFIER_CONFIGS, ids=[p.stem for p in CLASSIFIER_CONFIGS])
+def test_shipped_classifier_configs_load_and_validate(path: Path) -> None:
+    cfg = load_classifier_config(path)
+    assert cfg.name and cfg.num_classes == 10
+
+
 @pytest.mark.parametrize(
     ("overrides", "phrase"),
     [
@@ -140,7 +149,7 @@ def test_class_conditional_config_errors_name_the_key(overrides: list[str], phra
 )
 def test_classifier_config_errors_name_the_key(overrides: list[str], phrase: str) -> None:
     with pytest.raises(ConfigError, match=phrase):
-        load_classifier_config(ROOT / "configs" / "classifier_digits.yaml", overrides)
+        load_classifier_config(ROOT / "configs" / "classifier" / "digits.yaml", overrides)
 
 
 # -- one-line errors of the commands ------------------------------------------------------------
@@ -157,7 +166,8 @@ def other_sde_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`lscore train-classifier` for 2 steps, on the VE SDE (the quickstart model is VP)."""
     out = tmp_path_factory.mktemp("classifier")
     overrides = [f"out_dir={out}", "sde.name=vesde", "net.channels=[8,16]", *TINY[:4]]
-    assert main(["train-classifier", "--config", "configs/classifier_digits.yaml", *overrides]) == 0
+    config = str(ROOT / "configs" / "classifier" / "digits.yaml")
+    assert main(["train-classifier", "--config", config, *overrides]) == 0
     return out / "classifier_digits" / "checkpoints" / "last.ckpt"
 
 
@@ -168,7 +178,7 @@ def test_classifier_for_another_sde_or_shape_is_refused(
     _one_line_error(capsys, [*command, "--classifier", str(other_sde_classifier)], "another SDE")
     _, model_cfg = load_score_model(checkpoint)
     bigger = load_classifier_config(
-        ROOT / "configs" / "classifier_digits.yaml", ["data.image_size=16"]
+        ROOT / "configs" / "classifier" / "digits.yaml", ["data.image_size=16"]
     )
     with pytest.raises(ValueError, match=r"shape \(1, 16, 16\), the score model makes \(1, 8, 8\)"):
         check_classifier_fits(bigger, model_cfg)

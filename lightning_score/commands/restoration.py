@@ -17,7 +17,10 @@ from lightning_score.commands.sample import add_model_arguments, add_sampling_ar
 def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument(
-        "--input", required=True, type=Path, help="true images: an .npz or a folder of images"
+        "--input",
+        required=True,
+        help="true images: an .npz, a folder of images, or 'val' (the held-out split of the "
+        "checkpoint's data set)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--num-images", type=int, default=8, help="how many inputs to use")
@@ -63,7 +66,7 @@ def run_restoration(
     device = resolve_device(args.device)
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     shape = data_shape(exp.data)
-    truth = load_images(args.input, shape, limit=args.num_images)
+    truth = load_images(args.input, shape, args.num_images, data=exp.data, seed=exp.seed)
     operator = make_operator(shape)
     data_std = exp.model.sigma_data if args.data_std is None else (args.data_std or None)
     network_sigma = args.network_sigma

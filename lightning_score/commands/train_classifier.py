@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_CONFIG = "configs/classifier_digits.yaml"
+DEFAULT_CONFIG = "configs/classifier/digits.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
