@@ -99,7 +99,7 @@ def save_class_samples(
     """``class_samples.npz`` (``arr_0`` uint8 NHWC, class by class; ``labels``), the grid
     ``class_grid.png`` (one row per class) and ``metrics.json`` (``summary``)."""
     from lightning_score.figures import class_grid_figure
-    from lightning_score.sampling.generate import to_uint8_nhwc
+    from lightning_score.images import to_uint8_nhwc
 
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(

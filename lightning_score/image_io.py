@@ -70,17 +70,6 @@ def to_shape(images01: Tensor, data_shape: Sequence[int]) -> Tensor:
 HELD_OUT = "val"
 
 
-def held_out_images(data: DataConfig, seed: int = 0, limit: int | None = None) -> Tensor:
-    """The first ``limit`` images of a data set's validation split (what training held out)."""
-    from lightning_score.data import build_datamodule
-
-    datamodule = build_datamodule(data, seed=seed)
-    datamodule.setup()
-    count = len(datamodule.val_set)  # type: ignore[arg-type]
-    count = count if limit is None else min(limit, count)
-    return torch.stack([datamodule.val_set[i][0] for i in range(count)])  # type: ignore[index]
-
-
 def load_images(
     source: str | Path,
     data_shape: Sequence[int],
@@ -90,9 +79,11 @@ def load_images(
 ) -> Tensor:
     """The first ``limit`` images of an ``.npz`` or a folder, in [0, 1] at ``data_shape``; with
     ``source`` "val", of the validation split of ``data`` (a checkpoint's data set, split with
-    its ``seed``)."""
+    its ``seed``; 64 without a limit)."""
     if str(source) == HELD_OUT and data is not None:
-        return to_shape(held_out_images(data, seed, limit), data_shape)
+        from lightning_score.data import data_examples
+
+        return to_shape(data_examples(data, seed, limit or 64), data_shape)
     path = Path(source)
     if path.is_dir():
         images = _read_folder(path)

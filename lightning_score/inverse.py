@@ -305,7 +305,7 @@ def save_restoration(result: Restoration, out_dir: Path, title: str, rows: int =
     input; ``truth``, ``observation`` likewise; ``measurement`` as floats), ``restoration.png``
     (the first ``rows`` inputs: truth | observation | samples) and ``metrics.json``."""
     from lightning_score.figures import restoration_figure
-    from lightning_score.sampling.generate import to_uint8_nhwc
+    from lightning_score.images import to_uint8_nhwc
 
     out_dir.mkdir(parents=True, exist_ok=True)
     n, k = result.samples01.shape[:2]

@@ -40,6 +40,7 @@ from lightning_score.sampling.analytic import (
     gaussian_score,
 )
 from lightning_score.sampling.base import chain_step, kernel
+from lightning_score.sampling.ode import few_step_grid
 from lightning_score.sampling.schedules import resampling_grid, time_grid
 from lightning_score.sde import SDE, VESDE, VPSDE
 
@@ -76,7 +77,7 @@ def law(score_fn, sde: SDE, cfg: SamplingConfig, project: bool) -> tuple[Tensor,
     and RePaint's forward moves when the grid goes up)."""
     d = M.numel()
     eye = torch.eye(d, dtype=D)
-    ts = time_grid(sde, cfg.steps, sde.default_eps, "uniform")
+    ts = time_grid(sde, cfg.steps, sde.default_eps, auto=sde.pc_schedule)
     ts = resampling_grid(ts, cfg.resample_jump, cfg.resample_repeats)
 
     def replace(mu: Tensor, cov: Tensor, alpha: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
@@ -312,8 +313,8 @@ def _hook_times(cfg: SamplingConfig, sde: SDE) -> list[float | None]:
     predictor or solver step at the next time, a resampling move at the time it goes up to),
     and on the result."""
     if cfg.sampler != "pc":
-        return [*time_grid(sde, cfg.steps, sde.default_eps), None]
-    ts = time_grid(sde, cfg.steps, sde.default_eps, "uniform")
+        return [*few_step_grid(sde, cfg, sde.default_eps), None]
+    ts = time_grid(sde, cfg.steps, sde.default_eps, auto=sde.pc_schedule)
     ts = resampling_grid(ts, cfg.resample_jump, cfg.resample_repeats)
     times: list[float | None] = [ts[0]]
     for t, t_next in pairwise(ts):

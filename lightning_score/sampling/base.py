@@ -53,6 +53,14 @@ class StepHook(Protocol):
 BoundHook = Callable[[Tensor, "float | None"], Tensor]
 
 
+@dataclass
+class Condition:
+    """What conditions a batch of samples: the (guided) score and an optional projection hook."""
+
+    score_fn: ScoreFn
+    hook: StepHook | None = None
+
+
 def no_hook(x: Tensor, t: float | None) -> Tensor:
     """The identity: what samplers call between moves when nothing conditions them."""
     return x

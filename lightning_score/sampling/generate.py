@@ -10,7 +10,7 @@ share noise, a run repeats exactly, and a sharded run (``world_size`` ranks) tog
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lightning_score.config import SamplingConfig
 from lightning_score.sampling import sample
+from lightning_score.sampling.base import Condition
 from lightning_score.sampling.seeding import batch_seed, make_generator
 from lightning_score.sde import SDE, ScoreFn
 
@@ -38,7 +39,7 @@ class SampleBatch:
 
 
 def stream_samples(
-    score_fn: ScoreFn,
+    score_fn: ScoreFn | None,
     sde: SDE,
     data_shape: Sequence[int],
     cfg: SamplingConfig,
@@ -49,9 +50,14 @@ def stream_samples(
     rank: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    condition: Callable[[slice], Condition] | None = None,
 ) -> Iterator[SampleBatch]:
     """``num`` samples (this rank's count) in batches of at most ``batch_size``; nothing beyond one
-    batch is held, so 50,000 samples never sit in memory at once."""
+    batch is held, so 50,000 samples never sit in memory at once.
+
+    ``condition`` conditions each batch (its labels, its measurements): given the slice of this
+    rank's sample indices in the batch, it returns the batch's guided score (used instead of
+    ``score_fn``, which may then be None) and projection hook."""
     if num <= 0 or batch_size <= 0:
         raise ValueError(
             f"the number of samples and the batch size must be positive, got {num}, {batch_size}"
@@ -60,8 +66,21 @@ def stream_samples(
     for b, first in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - first)
         gen = make_generator(batch_seed(seed, rank, b), device)
+        if condition is not None:
+            given = condition(slice(first, first + n))
+        elif score_fn is not None:
+            given = Condition(score_fn)
+        else:
+            raise ValueError("stream_samples needs a score_fn or a condition per batch")
         out = sample(
-            score_fn, sde, (n, *data_shape), cfg, generator=gen, device=device, progress=progress
+            given.score_fn,
+            sde,
+            (n, *data_shape),
+            cfg,
+            generator=gen,
+            device=device,
+            progress=progress,
+            hook=given.hook,
         )
         yield SampleBatch(out.samples, out.nfe)
 
