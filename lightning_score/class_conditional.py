@@ -16,7 +16,7 @@ from lightning_score.classifier import NoiseConditionalClassifier, classify
 from lightning_score.conditioning import Condition, sample_conditioned
 from lightning_score.config import SamplingConfig
 from lightning_score.guidance import (
-    check_labels,
+    class_labels,
     classifier_free_guided,
     classifier_guided,
     require_conditional,
@@ -58,7 +58,7 @@ def sample_classes(
     if classifier is None:
         require_conditional(model)
     num_classes = classifier.num_classes if classifier is not None else model.num_classes
-    labels = check_labels(torch.tensor(list(classes)), num_classes)
+    labels = class_labels(torch.tensor(list(classes)), num_classes)
     labels = labels.repeat_interleave(per_class)
 
     def condition_for(part: slice) -> Condition:

@@ -34,7 +34,7 @@ from lightning_score.sde import SDE, ScoreFn, batch_broadcast
 NoisyClassifier = Callable[[Tensor, Tensor], Tensor]
 
 
-def check_labels(labels: Tensor, num_classes: int) -> Tensor:
+def class_labels(labels: Tensor, num_classes: int) -> Tensor:
     """``labels`` as a long tensor, or a one-line error when a class id is out of range."""
     labels = torch.as_tensor(labels).long()
     if labels.dim() != 1:
@@ -64,7 +64,7 @@ def classifier_guided(
 ) -> ScoreFn:
     """s(x, t) + scale * grad_x log p_t(label | x): with the exact noisy classifier and scale 1,
     the score of p_t(x | label). One classifier forward and backward per score evaluation."""
-    labels = check_labels(labels, num_classes)
+    labels = class_labels(labels, num_classes)
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         wanted = _batch_labels(labels, x)
@@ -92,7 +92,7 @@ def classifier_free_guided(model: ScoreModel, labels: Tensor, scale: float = 1.0
     """s_u + scale (s_c - s_u) of a class-conditional model, both in one batched call; scale 1
     is the conditional score alone (one network pass), scale > 1 sharpens towards the class."""
     require_conditional(model)
-    labels = check_labels(labels, model.num_classes)
+    labels = class_labels(labels, model.num_classes)
 
     def conditional(x: Tensor, t: Tensor) -> Tensor:
         return model(x, t, _batch_labels(labels, x))
@@ -178,7 +178,7 @@ def measurement_guided(
 
 __all__ = [
     "NoisyClassifier",
-    "check_labels",
+    "class_labels",
     "classifier_free_guided",
     "classifier_guided",
     "measurement_guided",

@@ -115,6 +115,12 @@ class Mask(LinearOperator):
         """Replacement: the known entries become y's exactly (no rounding of x + y - x)."""
         return torch.where(self._m(x) > 0, y, x)
 
+    def measure(
+        self, x: Tensor, noise_std: float = 0.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Noise on the known entries only: the missing ones are not measured (they stay 0)."""
+        return super().measure(x, noise_std, generator) * self._m(x)
+
 
 #: an orthonormal colour basis whose first vector is the grey direction (1, 1, 1) / sqrt(3)
 DECOUPLE = torch.tensor(
