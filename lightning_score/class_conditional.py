@@ -95,9 +95,10 @@ def save_class_samples(
     out_dir: Path,
     title: str,
     summary: dict[str, float | int | str | None],
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """``class_samples.npz`` (``arr_0`` uint8 NHWC, class by class; ``labels``), the grid
-    ``class_grid.png`` (one row per class) and ``metrics.json`` (``summary``)."""
+    ``class_grid.png`` (one row per class, named ``class_names``) and ``metrics.json``."""
     from lightning_score.figures import class_grid_figure
     from lightning_score.images import to_uint8_nhwc
 
@@ -107,7 +108,7 @@ def save_class_samples(
         to_uint8_nhwc(result.samples01.flatten(0, 1)),
         labels=result.labels.numpy(),
     )
-    names = [f"class {c}" for c in result.classes]
+    names = list(class_names) if class_names else [f"class {c}" for c in result.classes]
     class_grid_figure(result.samples01, names, out_dir / "class_grid.png", title)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return out_dir / "class_samples.npz"

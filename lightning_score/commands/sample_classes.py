@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from lightning_score.classifier import check_classifier_fits, load_classifier
     from lightning_score.commands.sample import resolve_device, sampling_from_args
-    from lightning_score.data import data_shape
+    from lightning_score.data import class_name, data_shape
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         "nfe": result.nfe,
         "judge_accuracy": accuracy,
     }
-    save_class_samples(result, args.out, f"{method}, scale {args.scale:g}", summary)
+    names = [class_name(exp.data, c) for c in classes]
+    save_class_samples(result, args.out, f"{method}, scale {args.scale:g}", summary, names)
     judged = "" if accuracy is None else f"; judge accuracy {accuracy:.3f}"
     print(f"{method} (scale {args.scale:g}), {result.nfe} NFE{judged} -> {args.out}")
     return 0

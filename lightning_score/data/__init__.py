@@ -169,6 +169,25 @@ DATA_CLASSES: dict[str, int | None] = {
 }
 
 
+#: what the labels of a data set mean, for figures
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion_mnist": (
+        "T-shirt/top", "trouser", "pullover", "dress", "coat",
+        "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    ),
+    "cifar10": (
+        "airplane", "automobile", "bird", "cat", "deer",
+        "dog", "frog", "horse", "ship", "truck",
+    ),
+}  # fmt: skip
+
+
+def class_name(d: DataConfig, label: int) -> str:
+    """The name of class ``label`` of a data set ("class 3" where names are unknown)."""
+    names = CLASS_NAMES.get(d.name, ())
+    return names[label] if 0 <= label < len(names) else f"class {label}"
+
+
 def check_labels(num_classes: int, d: DataConfig) -> None:
     """A class-conditional model (``model.num_classes > 0``) needs a data set with that many labels."""
     if num_classes == 0:
@@ -207,6 +226,7 @@ __all__ = [
     "ScoreDataModule",
     "build_datamodule",
     "check_labels",
+    "class_name",
     "data_examples",
     "data_shape",
     "image_batches",
