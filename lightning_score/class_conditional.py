@@ -90,6 +90,10 @@ def judged_accuracy(judge: NoiseConditionalClassifier, result: ClassSamples) -> 
     return float((predicted == result.labels).float().mean())
 
 
+#: what :func:`save_class_samples` writes into its folder
+CLASS_SAMPLE_FILES = ("class_samples.npz", "class_grid.png", "metrics.json")
+
+
 def save_class_samples(
     result: ClassSamples,
     out_dir: Path,
@@ -98,17 +102,17 @@ def save_class_samples(
     class_names: Sequence[str] | None = None,
 ) -> Path:
     """``class_samples.npz`` (``arr_0`` uint8 NHWC, class by class; ``labels``), the grid
-    ``class_grid.png`` (one row per class, named ``class_names``) and ``metrics.json``."""
+    ``class_grid.png`` (one row per class, named ``class_names``) and ``metrics.json``; each file
+    whole or not at all."""
     from lightning_score.figures import class_grid_figure
     from lightning_score.images import to_uint8_nhwc
+    from lightning_score.outputs import atomic_path, write_text
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        out_dir / "class_samples.npz",
-        to_uint8_nhwc(result.samples01.flatten(0, 1)),
-        labels=result.labels.numpy(),
-    )
+    npz, png, summary_file = (out_dir / name for name in CLASS_SAMPLE_FILES)
+    with atomic_path(npz) as tmp:
+        np.savez(tmp, to_uint8_nhwc(result.samples01.flatten(0, 1)), labels=result.labels.numpy())
     names = list(class_names) if class_names else [f"class {c}" for c in result.classes]
-    class_grid_figure(result.samples01, names, out_dir / "class_grid.png", title)
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return out_dir / "class_samples.npz"
+    with atomic_path(png) as tmp:
+        class_grid_figure(result.samples01, names, tmp, title)
+    write_text(summary_file, json.dumps(summary, indent=2))
+    return npz

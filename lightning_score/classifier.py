@@ -217,11 +217,18 @@ class ClassifierModule(L.LightningModule):
 
 def train_classifier(cfg: ClassifierConfig) -> Path:
     """Train the classifier of a checked config; returns the run directory, which holds
-    ``config.yaml``, ``checkpoints/last.ckpt`` and ``logs/``."""
+    ``config.yaml``, ``checkpoints/last.ckpt`` and ``logs/``. A run directory that already
+    holds checkpoints is refused (nothing is overwritten)."""
     from lightning_score.data import build_datamodule
     from lightning_score.loggers import build_logger
     from lightning_score.reliability import AtomicCheckpointIO, RunCheckpoint
 
+    existing = sorted((cfg.run_dir / "checkpoints").glob("*.ckpt"))
+    require(
+        not existing,
+        f"{cfg.run_dir} already holds a classifier ({existing[0].name if existing else ''}): "
+        "pick another name= or out_dir=",
+    )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.seed)
     module = ClassifierModule(build_classifier(cfg), cfg)

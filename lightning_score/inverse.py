@@ -300,36 +300,41 @@ def restore(
     return Restoration(truth01, observation01, y, samples01, out.nfe, metrics)
 
 
+#: what :func:`save_restoration` writes into its folder
+RESTORATION_FILES = ("restoration.npz", "restoration.png", "metrics.json")
+
+
 def save_restoration(result: Restoration, out_dir: Path, title: str, rows: int = 8) -> Path:
     """``restoration.npz`` (``arr_0``: all samples, uint8 NHWC as FID tools read them, input by
     input; ``truth``, ``observation`` likewise; ``measurement`` as floats), ``restoration.png``
-    (the first ``rows`` inputs: truth | observation | samples) and ``metrics.json``."""
+    (the first ``rows`` inputs: truth | observation | samples) and ``metrics.json``; each file
+    whole or not at all."""
     from lightning_score.figures import restoration_figure
     from lightning_score.images import to_uint8_nhwc
+    from lightning_score.outputs import atomic_path, write_text
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    npz, png, summary_file = (out_dir / name for name in RESTORATION_FILES)
     n, k = result.samples01.shape[:2]
-    np.savez(
-        out_dir / "restoration.npz",
-        to_uint8_nhwc(result.samples01.reshape(n * k, *result.samples01.shape[2:])),
-        truth=to_uint8_nhwc(result.truth01),
-        observation=to_uint8_nhwc(result.observation01),
-        measurement=result.measurement.float().cpu().numpy(),
-    )
-    restoration_figure(
-        result.truth01[:rows],
-        result.observation01[:rows],
-        result.samples01[:rows],
-        out_dir / "restoration.png",
-        title,
-    )
+    with atomic_path(npz) as tmp:
+        np.savez(
+            tmp,
+            to_uint8_nhwc(result.samples01.reshape(n * k, *result.samples01.shape[2:])),
+            truth=to_uint8_nhwc(result.truth01),
+            observation=to_uint8_nhwc(result.observation01),
+            measurement=result.measurement.float().cpu().numpy(),
+        )
+    with atomic_path(png) as tmp:
+        restoration_figure(
+            result.truth01[:rows], result.observation01[:rows], result.samples01[:rows], tmp, title
+        )
     summary = {"inputs": n, "samples_per_input": k, "nfe": result.nfe, **result.metrics}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return out_dir / "restoration.npz"
+    write_text(summary_file, json.dumps(summary, indent=2))
+    return npz
 
 
 __all__ = [
     "METHODS",
+    "RESTORATION_FILES",
     "TASKS",
     "Projection",
     "Restoration",

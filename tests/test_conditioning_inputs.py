@@ -184,6 +184,21 @@ def test_classifier_for_another_sde_or_shape_is_refused(
         check_classifier_fits(bigger, model_cfg)
 
 
+def test_outputs_are_kept_and_classifier_runs_not_overwritten(
+    capsys, checkpoint: Path, digits_npz: Path, other_sde_classifier: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "restoration.png").write_bytes(b"keep")
+    command = ["inpaint", str(checkpoint), "--input", str(digits_npz), "--out", str(tmp_path)]
+    _one_line_error(capsys, [*command, "--steps", "3"], "exists", "--overwrite")
+    assert (tmp_path / "restoration.png").read_bytes() == b"keep"
+    out = other_sde_classifier.parents[2]
+    overrides = [f"out_dir={out}", "sde.name=vesde", "net.channels=[8,16]", *TINY[:4]]
+    config = str(ROOT / "configs" / "classifier" / "digits.yaml")
+    _one_line_error(
+        capsys, ["train-classifier", "--config", config, *overrides], "already holds a classifier"
+    )
+
+
 def test_class_id_out_of_range_and_guidance_of_an_unconditional_model(
     capsys, checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -2,7 +2,8 @@
 
 Not a command itself. Truth images come from an ``.npz`` or a folder; the observation is
 simulated from them (y = A x + noise), posterior samples are drawn, and the results written
-with PSNR / SSIM against the truth (``lightning_score.inverse``).
+with PSNR / SSIM against the truth (``lightning_score.inverse``). Existing outputs are kept
+unless ``--overwrite`` is given (``lightning_score.outputs``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lightning_score.commands.sample import add_model_arguments, add_sampling_arguments
+from lightning_score.outputs import add_overwrite_argument
 
 
 def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,7 @@ def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
         help="dps: noise level below which the denoiser's Jacobian comes from the network (above "
         "it: the Gaussian one); default 10 x the data std",
     )
+    add_overwrite_argument(parser)
     add_sampling_arguments(parser)
 
 
@@ -60,9 +63,13 @@ def run_restoration(
     from lightning_score.checkpoint import load_score_model
     from lightning_score.commands.sample import resolve_device, sampling_from_args
     from lightning_score.data import data_shape
-    from lightning_score.image_io import load_images
-    from lightning_score.inverse import restore, save_restoration
+    from lightning_score.image_io import HELD_OUT, load_images
+    from lightning_score.inverse import RESTORATION_FILES, restore, save_restoration
+    from lightning_score.outputs import check_outputs
 
+    outputs = [args.out / name for name in RESTORATION_FILES]
+    inputs = [Path(args.checkpoint)] + ([] if args.input == HELD_OUT else [Path(args.input)])
+    check_outputs(outputs, args.overwrite, inputs=inputs)
     device = resolve_device(args.device)
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     shape = data_shape(exp.data)

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from lightning_score.commands.sample import add_model_arguments, add_sampling_arguments
+from lightning_score.outputs import add_overwrite_argument
 
 
 def _classes(text: str) -> list[int]:
@@ -36,12 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--judge", type=Path, default=None, help="independent classifier: report its accuracy"
     )
+    add_overwrite_argument(parser)
     add_sampling_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from lightning_score.checkpoint import load_score_model
     from lightning_score.class_conditional import (
+        CLASS_SAMPLE_FILES,
         judged_accuracy,
         sample_classes,
         save_class_samples,
@@ -49,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.classifier import check_classifier_fits, load_classifier
     from lightning_score.commands.sample import resolve_device, sampling_from_args
     from lightning_score.data import class_name, data_shape
+    from lightning_score.outputs import check_outputs
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+    given = [Path(args.checkpoint), *(p for p in (args.classifier, args.judge) if p is not None)]
+    check_outputs([args.out / name for name in CLASS_SAMPLE_FILES], args.overwrite, given)
     device = resolve_device(args.device)
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
     classifier = judge = None
