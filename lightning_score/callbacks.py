@@ -13,7 +13,8 @@ from lightning_score.config import SamplingConfig
 class SampleGridCallback(L.Callback):
     """Every ``every_n_steps`` (checked at validation, when EMA weights are swapped in) and at the
     end of training, sample ``num`` examples on rank zero and save a PNG grid (or a scatter plot
-    for 2-D data) under ``out_dir``; image loggers receive the grid too."""
+    over the training points for 2-D data) under ``out_dir``; image loggers receive the grid too.
+    ``sampling`` is the grids' own sampler (``experiment.grid_sampling``: few steps by default)."""
 
     def __init__(
         self, out_dir: Path, sampling: SamplingConfig, num: int, every_n_steps: int, seed: int = 0
@@ -52,11 +53,14 @@ class SampleGridCallback(L.Callback):
             batch_size=self.num,
             seed=self.seed,
             device=pl_module.device,
+            progress=True,
+            desc=f"sample grid ({self.sampling.sampler}, {self.sampling.steps} steps)",
         )
         pl_module.train(was_training)
         path = self.out_dir / f"samples_step{step:07d}.png"
         samples = to_data_space(pl_module.sde, result.samples)
-        grid = save_grid(samples, path, f"step {step}, {result.nfe:g} NFE")
+        title = f"step {step}, {self.sampling.sampler}, {result.nfe:g} NFE"
+        grid = save_grid(samples, path, title, self._data_points(trainer, samples))
         if grid is None:
             return
         for logger in trainer.loggers:
@@ -64,3 +68,13 @@ class SampleGridCallback(L.Callback):
                 logger.log_image(key="samples", images=[grid], step=step)
             elif hasattr(logger.experiment, "add_image"):
                 logger.experiment.add_image("samples", grid, step)
+
+    @staticmethod
+    def _data_points(trainer: L.Trainer, samples: torch.Tensor) -> torch.Tensor | None:
+        """As many training points as samples, for the overlay of a 2-D plot (None for images)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_set", None)
+        if samples.dim() != 2 or dataset is None:
+            return None
+        count = min(len(samples), len(dataset))
+        return torch.stack([dataset[i][0] for i in range(count)])

@@ -133,5 +133,4 @@ def logging_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     return [
         SamplesPerSecond(window=cfg.trainer.log_every_n_steps),
         PerTimeLossPlot(cfg.run_dir / "per_t_loss.png"),
-        LossProgressBar(refresh_rate=10),
-    ]
+    ]  # the progress bar (train_progress.StepProgressBar, a LossProgressBar) is train.py's

@@ -1,6 +1,8 @@
 """``lscore`` entry point: dispatches to ``lightning_score.commands.<name>``.
 
 Errors a user can fix (bad config, missing data, bad checkpoint) print one line and exit 2.
+Command modules import torch and the rest of the package inside ``run``, so that ``--help`` and
+argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -8,10 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 COMMANDS = {
     "train": "train a score model from a config",
     "sample": "draw samples from a checkpoint (.npz + PNG grid)",
+    "merge": "merge the per-rank .npz shards of a sharded `lscore sample`",
     "ablate": "compare sampler settings on the same seeds (table + plot)",
     "evaluate": "FID / IS / KID of a checkpoint or an .npz of samples",
     "stats": "reference Inception statistics of a data set",
@@ -24,6 +28,16 @@ COMMANDS = {
     "colorize": "colour grey images (.npz + figure + PSNR/SSIM)",
     "inverse": "super-resolution, compressive sensing, deblurring (.npz + figure + PSNR/SSIM)",
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is no value to show (None, off flags, an
+    empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -42,18 +56,39 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    """The ``lscore`` parser and the command modules by name."""
+    from lightning_score import __version__
+
     parser = argparse.ArgumentParser(
-        prog="lscore", description="lightning-score: score-based generative modeling through SDEs"
+        prog="lscore",
+        description="lightning-score: score-based generative modeling through SDEs",
+        epilog="`lscore COMMAND --help` shows a command's options and their defaults",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     for name, help_text in COMMANDS.items():
         modules[name] = importlib.import_module(
             f"lightning_score.commands.{name.replace('-', '_')}"
         )
-        modules[name].add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        doc = (modules[name].__doc__ or "").strip().replace("``", "`")
+        command = sub.add_parser(
+            name,
+            help=help_text,
+            description=doc or help_text,
+            formatter_class=HelpFormatter,
+        )
+        modules[name].add_arguments(command)
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
     args = parser.parse_args(argv)
+    from lightning_score.quiet import silence_known_noise
+
+    silence_known_noise()
     try:
         return int(modules[args.command].run(args) or 0)
     except _user_errors() as err:

@@ -135,6 +135,8 @@ class EvaluationCallback(L.Callback):
             seed=self.seed,
             rank=rank,
             device=pl_module.device,
+            progress=rank == 0,
+            desc=f"evaluation samples ({self.sampling.sampler}, {world} rank(s))",
         ):
             images = to_uint8(sde.unscale_data(batch.samples).clamp(0, 1))
             self.metrics.update(images)

@@ -14,17 +14,21 @@ from typing import Any
 
 from lightning_score.config import (
     ExperimentConfig,
+    SamplingConfig,
     check_run_sections,
     config_from_dict,
     overlay,
     read_config,
+    require_choice,
 )
 from lightning_score.data import check_labels, data_shape, validate_data_config
 from lightning_score.losses import validate_loss_config
 from lightning_score.nets import ScoreModel, build_network, validate_model_config
 from lightning_score.parameterization import Parameterization, build_parameterization
-from lightning_score.sampling import check_sampling
+from lightning_score.sampling import SAMPLERS, check_sampling
 from lightning_score.sde import build_sde, validate_sde_config
+
+GRID_USES_CONFIG = "config"  # sample_grid.sampler value: draw grids with the sampling section
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -38,15 +42,33 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     validate_data_config(cfg.data)
     check_labels(cfg.model.num_classes, cfg.data)
     check_sampling(sde, cfg.sampling)
+    if cfg.sample_grid.sampler != GRID_USES_CONFIG:
+        require_choice(
+            cfg.sample_grid.sampler, {*SAMPLERS, GRID_USES_CONFIG}, "sample_grid.sampler"
+        )
     check_run_sections(cfg)
+    check_sampling(sde, grid_sampling(cfg))
     return cfg
 
 
+def grid_sampling(cfg: ExperimentConfig) -> SamplingConfig:
+    """The sampler of the in-training sample grids: ``sample_grid.sampler`` at
+    ``sample_grid.steps`` with that sampler's defaults, or the ``sampling`` section itself when
+    ``sample_grid.sampler=config``."""
+    grid = cfg.sample_grid
+    if grid.sampler == GRID_USES_CONFIG:
+        return cfg.sampling
+    return SamplingConfig(sampler=grid.sampler, steps=grid.steps)
+
+
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    presets: list[str] | None = None,
 ) -> ExperimentConfig:
-    """Schema defaults <- YAML at ``path`` (and its ``base:`` files) <- ``key=value``; checked."""
-    return validate(read_config(path, overrides))
+    """Schema defaults <- YAML at ``path`` (and its ``base:`` files) <- presets (e.g. ``gpu``,
+    ``configs/presets/gpu.yaml``) <- ``key=value``; checked."""
+    return validate(read_config(path, overrides, presets=presets))
 
 
 def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -79,6 +101,7 @@ __all__ = [
     "build_param",
     "build_score_model",
     "from_dict",
+    "grid_sampling",
     "load_config",
     "validate",
     "with_overrides",

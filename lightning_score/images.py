@@ -53,30 +53,39 @@ def image_grid(images01: Tensor, nrow: int | None = None) -> Tensor:
     return make_grid(upscale_for_viewing(images.clamp(0, 1).cpu()), nrow=nrow, padding=1)
 
 
-def save_points_plot(points: Tensor, path: Path, title: str) -> None:
-    """Scatter plot for 2-D toy samples."""
+def save_points_plot(
+    points: Tensor, path: Path, title: str, reference: Tensor | None = None
+) -> None:
+    """Scatter plot for 2-D toy samples, over the data (``reference``, grey) when given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 4))
+    if reference is not None:
+        ref = reference.detach().cpu().numpy()
+        ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.3, color="0.6", label="data")
     pts = points.detach().cpu().numpy()
-    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color="C0", label="samples")
+    if reference is not None:
+        ax.legend(loc="upper right", fontsize=7, markerscale=4)
     ax.set_title(title)
     ax.set_aspect("equal")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
-def save_grid(samples: Tensor, path: Path, title: str) -> Tensor | None:
-    """A PNG grid for images in [0, 1] (or uint8), a scatter plot for 2-D points; returns the
-    image grid (for loggers), or None for points."""
+def save_grid(
+    samples: Tensor, path: Path, title: str, reference: Tensor | None = None
+) -> Tensor | None:
+    """A PNG grid for images in [0, 1] (or uint8), a scatter plot for 2-D points (over the data
+    points ``reference`` when given); returns the image grid (for loggers), or None for points."""
     from torchvision.utils import save_image
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if samples.dim() == 2:
-        save_points_plot(samples, path, title)
+        save_points_plot(samples, path, title, reference)
         return None
     grid = image_grid(samples)
     save_image(grid, path)

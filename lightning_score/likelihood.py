@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from lightning_score.progress import progress_bar
 from lightning_score.sampling.seeding import batch_seed, make_generator
 from lightning_score.sde import SDE, ScoreFn
 
@@ -229,26 +230,33 @@ def evaluate_bits_per_dim(
     images: bool = True,
     trace: str = "rademacher",
     seed: int = 0,
+    progress: bool = False,
+    num_points: int | None = None,
     **ode_kwargs: float | str,
 ) -> BitsPerDim:
     """Bits/dim of every ``(indices, x)`` batch of ``batches()``, ``repeats`` times (the official
     code uses 5 repeats on the test set). ``images``: 8-bit data in [0, 1], else continuous
-    model-space data. Point i's noise in repeat r is drawn from ``batch_seed(seed, r, i)``."""
+    model-space data. Point i's noise in repeat r is drawn from ``batch_seed(seed, r, i)``.
+    ``progress``: a bar over points x repeats (with an ETA when ``num_points`` is given)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     fn = bits_per_dim if images else continuous_bits_per_dim
     rows, nfes = [], []
     indices = torch.zeros(0, dtype=torch.long)
-    for r in range(repeats):
-        row, seen = [], []
-        for idx, x in batches():
-            noise = PointNoise([batch_seed(seed, r, int(i)) for i in idx])
-            bpd, nfe = fn(score_fn, sde, x, trace, noise, **ode_kwargs)
-            row.append(bpd.cpu())
-            seen.append(torch.as_tensor(idx, dtype=torch.long).reshape(-1))
-            nfes.append(nfe)
-        rows.append(torch.cat(row) if row else torch.zeros(0))
-        indices = torch.cat(seen) if seen else indices
+    total = None if num_points is None else num_points * repeats
+    with progress_bar(total=total, desc="bits/dim", unit="point", enabled=progress) as bar:
+        for r in range(repeats):
+            row, seen = [], []
+            for idx, x in batches():
+                noise = PointNoise([batch_seed(seed, r, int(i)) for i in idx])
+                bpd, nfe = fn(score_fn, sde, x, trace, noise, **ode_kwargs)
+                row.append(bpd.cpu())
+                seen.append(torch.as_tensor(idx, dtype=torch.long).reshape(-1))
+                nfes.append(nfe)
+                bar.update(len(x))
+                bar.set_postfix(repeat=f"{r + 1}/{repeats}", nfe=nfe)
+            rows.append(torch.cat(row) if row else torch.zeros(0))
+            indices = torch.cat(seen) if seen else indices
     return BitsPerDim(torch.stack(rows), indices, sum(nfes), len(nfes))
 
 

@@ -28,8 +28,21 @@ def binned_losses(metrics: Mapping[str, Any]) -> Bins:
     return sorted(bins)
 
 
+def log_axes(history: Mapping[int, Bins]) -> tuple[bool, bool]:
+    """Whether t and the loss get logarithmic axes: t for geometric bins (bin widths differing
+    more than tenfold, EDM's noise levels over five decades), the loss when the plotted values span
+    more than a decade (a log axis over a narrow range labels only minor ticks, e.g. 1.09x10^0)."""
+    bins = [b for rows in history.values() for b in rows]
+    widths = [hi - lo for lo, hi, _ in bins]
+    losses = [loss for _, _, loss in bins if loss > 0]
+    log_t = bool(widths) and min(widths) > 0 and max(widths) / min(widths) > 10
+    log_loss = bool(losses) and max(losses) / min(losses) > 10
+    return log_t, log_loss
+
+
 def plot_per_t_loss(history: Mapping[int, Bins], path: Path, max_lines: int = 8) -> Path:
-    """Loss against t (bin centres, log scale), one line per validation step, newest darkest.
+    """Loss against t (bin centres), one line per validation step, newest darkest. Axes are
+    logarithmic where the values span more than a decade (geometric bins, losses over decades).
 
     At most ``max_lines`` steps are drawn, evenly spaced over ``history`` and always the newest.
     """
@@ -50,10 +63,13 @@ def plot_per_t_loss(history: Mapping[int, Bins], path: Path, max_lines: int = 8)
         losses = [loss for _, _, loss in bins]
         shade = cmap(0.15 + 0.85 * (i + 1) / len(steps))
         ax.plot(centres, losses, marker="o", color=shade, label=f"step {step}")
-    ax.set_yscale("log")
-    lows = [lo for lo, _, _ in history[steps[-1]] if lo > 0]
-    if lows and max(lows) / min(lows) > 100:  # geometric bins (EDM: t = sigma over 5 decades)
+    log_t, log_loss = log_axes({step: history[step] for step in steps})
+    if log_t:
         ax.set_xscale("log")
+    if log_loss:
+        ax.set_yscale("log")
+    else:  # plain numbers, not minor log ticks such as 9x10^-1 or an offset
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     ax.set_xlabel("t (bin centre)")
     ax.set_ylabel("validation loss")
     ax.set_title("validation loss per bin of t")

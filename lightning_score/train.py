@@ -19,6 +19,7 @@ never replaced (see ``loggers.py``), and temporary files of killed checkpoint wr
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from lightning_score.checkpoint import (
 from lightning_score.config import ConfigError, ExperimentConfig, hardware_problem, save_config
 from lightning_score.data import build_datamodule
 from lightning_score.ema import EMA
+from lightning_score.experiment import grid_sampling
 from lightning_score.loggers import build_logger
 from lightning_score.metrics import ReferenceStats
 from lightning_score.module import ScoreModule
@@ -57,6 +59,7 @@ from lightning_score.reliability import (
     remove_orphaned_temp_files,
 )
 from lightning_score.speed import CompileTimer, apply_speed_options
+from lightning_score.train_progress import StepProgressBar, run_summary
 
 
 def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | ReferenceStats:
@@ -69,6 +72,7 @@ def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | Refe
     from lightning_score.metrics import cached_reference_stats
 
     all_batches = image_batches(cfg.data, cfg.seed, "train", ev.batch_size)
+    num = min(ev.reference_num or len(all_batches), len(all_batches))
 
     def batches() -> Iterator[Tensor]:
         left = ev.reference_num or float("inf")
@@ -79,7 +83,9 @@ def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | Refe
             left -= len(batch)
 
     with torch.no_grad():
-        stats, _, _ = cached_reference_stats(batches, extractor, kid_features=10_000, device="cpu")
+        stats, _, _ = cached_reference_stats(
+            batches, extractor, kid_features=10_000, device="cpu", progress=True, num_images=num
+        )
     return stats
 
 
@@ -121,9 +127,10 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
         NonFiniteGuard(cfg.trainer.nonfinite),
         LearningRateMonitor(logging_interval="step"),
         *logging_callbacks(cfg),
+        StepProgressBar(refresh_rate=10),
         SampleGridCallback(
             cfg.run_dir / "samples",
-            cfg.sampling,
+            grid_sampling(cfg),
             num=cfg.sample_grid.num,
             every_n_steps=cfg.sample_grid.every_n_steps,
             seed=cfg.seed,
@@ -157,7 +164,8 @@ def build_trainer(
         gradient_clip_algorithm="norm",
         val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None,
-        limit_val_batches=t.limit_val_batches,
+        # None for "all": Lightning announces an explicit 1.0 in an info line
+        limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         logger=build_logger(cfg, resume_step),
@@ -292,6 +300,7 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
             own.append(ConfiguredOptimizer())
     apply_speed_options(module.score_model, cfg.trainer)
     trainer = build_trainer(cfg, [*own, *callbacks], resume_step=point.step if point else 0)
+    start = time.perf_counter()
     with warnings.catch_warnings():
         if point is not None:  # a resumed run's checkpoint directory is expected to be full
             warnings.filterwarnings("ignore", message="Checkpoint directory .* not empty")
@@ -304,4 +313,9 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
             )
         except SIGTERMException:
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    if trainer.is_global_zero:
+        bar = trainer.progress_bar_callback
+        first_step = bar.first_step if isinstance(bar, StepProgressBar) else 0
+        seconds = time.perf_counter() - start
+        print(run_summary(cfg, trainer.callback_metrics, first_step, trainer.global_step, seconds))
     return cfg.run_dir

@@ -66,6 +66,16 @@ def test_table_and_plot_from_a_sampler_list(checkpoint: Path, tmp_path: Path) ->
     assert md[2 + 6] == "" and md[2 + 6 + 1].startswith(("Within noise", "No two"))
     png = (tmp_path / "ablation.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+    # one sample grid per setting, named by row, family and steps
+    grids = sorted(p.name for p in (tmp_path / "grids").glob("*.png"))
+    assert grids == [
+        "00_euler-auto-2.png",
+        "01_euler-auto-4.png",
+        "02_heun-auto-2.png",
+        "03_heun-auto-3.png",
+        "04_pc-euler_maruyama-none-2.png",
+        "05_pc-euler_maruyama-none-4.png",
+    ]
 
 
 def test_settings_file_expands_lists_and_labels_families(checkpoint: Path, tmp_path: Path) -> None:

@@ -51,7 +51,14 @@ BAD = [
     (["sampling.steps=0"], r"sampling.steps must be a positive integer"),
     (["sampling.snr=-0.1"], r"sampling.snr must be > 0"),
     (["sampling.predictor=heun"], r"unknown sampling.predictor 'heun'"),
-    (["trainer.precision=bf16"], r"trainer.precision='bf16' is not valid"),
+    (
+        ["trainer.precision=bf16"],
+        r"trainer.precision='bf16' is ambiguous: use trainer.precision=bf16-mixed \(",
+    ),
+    (
+        ["trainer.precision=bf16-mix"],
+        r"trainer.precision='bf16-mix' is not valid \(did you mean 'bf16-mixed'",
+    ),
     (["lr=0.1"], r"unknown config key 'lr'"),
     (["justakey"], r"overrides must look like key=value"),
     # reliability (issue 6): ranges, DDP batch splits and the resume / non-finite keys

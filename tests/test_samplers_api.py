@@ -275,10 +275,15 @@ def test_every_sde_supports_every_predictor_and_corrector() -> None:
                     check_sampling(sde, SamplingConfig(predictor=p, corrector=c))
 
 
-def test_progress_bar_shows_the_steps(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_shows_the_steps(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning_score import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # stderr is no terminal: log lines
     sde = VPSDE()
     sample(gaussian_score(sde, M, 0.7), sde, (2, 4), SamplingConfig(steps=9), progress=True)
-    assert "9/9" in capsys.readouterr().err
+    assert "pc euler_maruyama/none: 9/9 (100%)" in capsys.readouterr().err
 
 
 def test_denoising_drops_the_noise_of_the_last_predictor_step_only() -> None:

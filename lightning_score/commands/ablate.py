@@ -3,8 +3,9 @@
 ``SPEC`` is either a comma-separated list of ``sampler[:steps]`` (``euler:10,heun:10,pc:100``) or a
 YAML/JSON file holding a list of SamplingConfig overrides; a list value expands into one row per
 element (``{sampler: heun, schedule: edm, steps: [5, 10, 20]}``) and an optional ``label`` names the
-family. Writes ``ablation.csv``, ``ablation.md`` and ``ablation.png`` (quality, or seconds when no
-metric is asked for, against NFE; one line per family).
+family. Writes ``ablation.csv``, ``ablation.md``, ``ablation.png`` (quality, or seconds when no
+metric is asked for, against NFE; one line per family; titled with the sample count) and a sample
+grid per setting in ``grids/`` (2-D points: a scatter plot over the data).
 
 Quality: ``--metric fid --ref-stats FILE`` (the standard Inception, ``lightning_score.metrics``), or
 the default ``sliced_wasserstein_to_data``: a cheap, clearly named proxy, the mean over 128 random
@@ -24,20 +25,20 @@ import csv
 import dataclasses
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
 from lightning_score.commands.sample import add_model_arguments, check_positive, resolve_device
 from lightning_score.config import ExperimentConfig, SamplingConfig
-from lightning_score.images import to_data_space
 from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
-from lightning_score.sampling import check_sampling
 
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from lightning_score.metrics import FeatureExtractor
     from lightning_score.metrics.uncertainty import Bootstrap
 
 SWD = "sliced_wasserstein_to_data"
@@ -47,12 +48,23 @@ OUTPUTS = ("ablation.csv", "ablation.md", "ablation.png")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--samplers", required=True, help="sampler[:steps],... or a YAML/JSON file")
+    parser.add_argument(
+        "--samplers",
+        required=True,
+        help="comma-separated sampler[:steps] (e.g. pc:100,heun:10,dpmpp_2m:10) or a YAML/JSON "
+        "file holding a list of sampling settings",
+    )
     parser.add_argument(
         "--num", type=int, default=256, help="samples per setting (same seeds each)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--metric", choices=["swd", "fid", "none"], default="swd")
+    parser.add_argument(
+        "--metric",
+        choices=["swd", "fid", "none"],
+        default="swd",
+        help="quality column: sliced Wasserstein distance to the data, FID (with --ref-stats) or "
+        "none",
+    )
     parser.add_argument(
         "--ref-stats", type=Path, default=None, help="reference stats .npz for --metric fid"
     )
@@ -171,6 +183,8 @@ class Quality:
 
     def __call__(self, samples: Tensor, batch_size: int) -> float:
         """The figure of one setting's samples (in [0, 1]); keeps what the bootstrap needs."""
+        import torch
+
         if self.metric == "swd":
             from lightning_score.metrics.sliced import project, sliced_wasserstein
 
@@ -188,6 +202,8 @@ class Quality:
 
     def bootstrap(self, replicates: int, seed: int) -> Bootstrap:
         """Paired bootstrap replicates of every setting scored so far."""
+        import torch
+
         from lightning_score.metrics import uncertainty
 
         if self.metric == "swd":
@@ -200,11 +216,10 @@ class Quality:
         return uncertainty.paired_bootstrap(stat, n, m, replicates, seed)
 
 
-class _Recording(nn.Module):
+class _Recording:
     """An extractor that also keeps the pool features it hands to the metrics."""
 
-    def __init__(self, extractor: nn.Module) -> None:
-        super().__init__()
+    def __init__(self, extractor: FeatureExtractor) -> None:
         self.inner = extractor
         self.name, self.num_features = extractor.name, extractor.num_features
         self.has_logits = getattr(extractor, "has_logits", False)
@@ -247,7 +262,11 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def write_outputs(
-    rows: list[dict[str, Any]], quality: str | None, out: Path, notes: Sequence[str] = ()
+    rows: list[dict[str, Any]],
+    quality: str | None,
+    out: Path,
+    notes: Sequence[str] = (),
+    num: int | None = None,
 ) -> None:
     noise = [f"{quality}_stderr", "within_noise_of_best", "within_noise_of_previous"]
     with_noise = quality is not None and noise[0] in rows[0]
@@ -272,7 +291,7 @@ def write_outputs(
         lines += ["", *notes]
     write_text(out / "ablation.md", "\n".join(lines) + "\n")
 
-    fig = ablation_figure(rows, quality)
+    fig = ablation_figure(rows, quality, num)
     with atomic_path(out / "ablation.png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -280,8 +299,9 @@ def write_outputs(
     plt.close(fig)
 
 
-def ablation_figure(rows: list[dict[str, Any]], quality: str | None):
-    """Quality (or seconds) against NFE, one line per family; quality with ±1 se error bars."""
+def ablation_figure(rows: list[dict[str, Any]], quality: str | None, num: int | None = None):
+    """Quality (or seconds) against NFE, one line per family; quality with ±1 se error bars;
+    titled with the sample count ``num`` when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,17 +317,31 @@ def ablation_figure(rows: list[dict[str, Any]], quality: str | None):
             ax.errorbar(nfe, value, yerr=se, marker="o", capsize=3, label=name)
         else:
             ax.plot(nfe, value, marker="o", label=name)
-    ax.set_xscale("log")
+    nfes = [r["nfe"] for r in rows]
+    if max(nfes) > 10 * min(nfes):  # over a narrower range a log axis labels 1.2x10^1 ...
+        ax.set_xscale("log")
     ax.set_xlabel("NFE (score evaluations per sample)")
     ax.set_ylabel(f"{y} (± 1 bootstrap se)" if err else y)
+    count = f", {num} samples per setting (same seeds)" if num else ""
+    ax.set_title(f"{y} against NFE{count}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return fig
 
 
+def grid_name(index: int, label: str, cfg: SamplingConfig) -> str:
+    """File name of a setting's sample grid: its row number, family and step count."""
+    steps = cfg.steps if cfg.sampler != "ode" else "adaptive"
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", f"{label} {steps}").strip("-")
+    return f"{index:02d}_{slug}.png"
+
+
 def run(args: argparse.Namespace) -> int:
     from lightning_score.checkpoint import load_score_model
-    from lightning_score.data import data_shape
+    from lightning_score.data import data_examples, data_shape
+    from lightning_score.images import save_grid, to_data_space
+    from lightning_score.sampling import check_sampling
+    from lightning_score.sampling.cost import estimate_sampling, format_duration
     from lightning_score.sampling.generate import generate
 
     check_positive("--num", args.num)
@@ -319,33 +353,55 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     check_outputs([args.out / name for name in OUTPUTS], args.overwrite, [Path(args.checkpoint)])
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
+    shape = data_shape(exp.data)
     settings = parse_settings(args.samplers, exp.sampling)
     for _, cfg in settings:  # refuse bad settings before spending time on the good ones
         check_sampling(model.sde, cfg)
+    grids = [
+        args.out / "grids" / grid_name(i, label, cfg) for i, (label, cfg) in enumerate(settings)
+    ]
+    check_outputs(grids, args.overwrite, [Path(args.checkpoint)])
     quality = Quality(args, exp, device)
+    estimates = [
+        estimate_sampling(model, model.sde, shape, c, args.num, device) for _, c in settings
+    ]
+    known = [e.seconds for e in estimates if e is not None]
+    if known:
+        adaptive = " plus the ode settings" if len(known) < len(estimates) else ""
+        print(
+            f"{len(settings)} settings x {args.num} samples: about "
+            f"{format_duration(sum(known))}{adaptive}"
+        )
+    overlay = data_examples(exp.data, exp.seed, 2000) if len(shape) == 1 else None
     rows = []
-    for label, cfg in settings:
+    for (label, cfg), grid in zip(settings, grids, strict=True):
+        steps = cfg.steps if cfg.sampler != "ode" else "adaptive"
         gen = generate(
             model,
             model.sde,
-            data_shape(exp.data),
+            shape,
             cfg,
             num=args.num,
             batch_size=args.batch_size,
             seed=args.seed,
             device=device,
             progress=args.progress,
+            desc=f"{label}, {steps} steps",
         )
+        samples = to_data_space(model.sde, gen.samples)
         row: dict[str, Any] = {
             "sampler": label,
-            "steps": cfg.steps if cfg.sampler != "ode" else "adaptive",
+            "steps": steps,
             "nfe": gen.nfe,
             "seconds": gen.seconds,
             "samples_per_s": args.num / gen.seconds,
         }
         if quality.name:
-            row[quality.name] = quality(to_data_space(model.sde, gen.samples), args.batch_size)
+            row[quality.name] = quality(samples, args.batch_size)
         rows.append(row)
+        shown = samples if overlay is not None else samples[:64]  # every point, 64 images
+        with atomic_path(grid) as tmp:
+            save_grid(shown, tmp, f"{label}, {steps} steps, {gen.nfe:g} NFE", overlay)
         print(json.dumps(row))
     notes: list[str] = []
     if quality.name and args.bootstrap:
@@ -356,10 +412,12 @@ def run(args: argparse.Namespace) -> int:
                 f"± {row[quality.name + '_stderr']:.2g}"
             )
         print("\n".join(notes))
-    write_outputs(rows, quality.name, args.out, notes)
+    write_outputs(rows, quality.name, args.out, notes, num=args.num)
     from lightning_score.loggers import report_to_wandb  # no-op unless W&B is in use
 
     plot, table = {"ablation/quality_vs_nfe": args.out / "ablation.png"}, {"ablation/results": rows}
     report_to_wandb(exp, args.out, "ablate", vars(args), images=plot, tables=table)
-    print(f"wrote {args.out / 'ablation.csv'}, ablation.md, ablation.png")
+    print(
+        f"wrote {args.out / 'ablation.csv'}, ablation.md, ablation.png and grids/ (one per setting)"
+    )
     return 0

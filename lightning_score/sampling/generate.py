@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_score.config import SamplingConfig
+from lightning_score.progress import progress_bar
 from lightning_score.sampling import sample
 from lightning_score.sampling.base import Condition
 from lightning_score.sampling.seeding import batch_seed, make_generator
@@ -51,38 +52,43 @@ def stream_samples(
     device: torch.device | str = "cpu",
     progress: bool = False,
     condition: Callable[[slice], Condition] | None = None,
+    desc: str | None = None,
 ) -> Iterator[SampleBatch]:
     """``num`` samples (this rank's count) in batches of at most ``batch_size``; nothing beyond one
     batch is held, so 50,000 samples never sit in memory at once.
 
     ``condition`` conditions each batch (its labels, its measurements): given the slice of this
     rank's sample indices in the batch, it returns the batch's guided score (used instead of
-    ``score_fn``, which may then be None) and projection hook."""
+    ``score_fn``, which may then be None) and projection hook. ``progress``: a bar counting
+    samples (named ``desc``) over the sampler's own bar of steps."""
     if num <= 0 or batch_size <= 0:
         raise ValueError(
             f"the number of samples and the batch size must be positive, got {num}, {batch_size}"
         )
     device = torch.device(device)
-    for b, first in enumerate(range(0, num, batch_size)):
-        n = min(batch_size, num - first)
-        gen = make_generator(batch_seed(seed, rank, b), device)
-        if condition is not None:
-            given = condition(slice(first, first + n))
-        elif score_fn is not None:
-            given = Condition(score_fn)
-        else:
-            raise ValueError("stream_samples needs a score_fn or a condition per batch")
-        out = sample(
-            given.score_fn,
-            sde,
-            (n, *data_shape),
-            cfg,
-            generator=gen,
-            device=device,
-            progress=progress,
-            hook=given.hook,
-        )
-        yield SampleBatch(out.samples, out.nfe)
+    desc = desc or f"sampling ({cfg.sampler})"
+    with progress_bar(total=num, desc=desc, unit="sample", enabled=progress) as bar:
+        for b, first in enumerate(range(0, num, batch_size)):
+            n = min(batch_size, num - first)
+            gen = make_generator(batch_seed(seed, rank, b), device)
+            if condition is not None:
+                given = condition(slice(first, first + n))
+            elif score_fn is not None:
+                given = Condition(score_fn)
+            else:
+                raise ValueError("stream_samples needs a score_fn or a condition per batch")
+            out = sample(
+                given.score_fn,
+                sde,
+                (n, *data_shape),
+                cfg,
+                generator=gen,
+                device=device,
+                progress=progress,
+                hook=given.hook,
+            )
+            bar.update(n)
+            yield SampleBatch(out.samples, out.nfe)
 
 
 @dataclass
@@ -111,6 +117,7 @@ def generate(
     rank: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    desc: str | None = None,
 ) -> Generation:
     """All of :func:`stream_samples` collected on the CPU, with the wall time it took."""
     device = torch.device(device)
@@ -127,6 +134,7 @@ def generate(
         rank=rank,
         device=device,
         progress=progress,
+        desc=desc,
     ):
         chunks.append(batch.samples.cpu())
         batch_nfe.append(batch.nfe)

@@ -10,14 +10,14 @@ point mass and far more accurate per NFE than Euler in (x, t), which is what 10-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
-from tqdm.auto import tqdm, trange
 
 from lightning_score.config import ConfigError, SamplingConfig
+from lightning_score.progress import progress_bar
 from lightning_score.sampling.base import (
     BoundHook,
     CountingScore,
@@ -29,6 +29,12 @@ from lightning_score.sampling.base import (
 )
 from lightning_score.sampling.schedules import time_grid
 from lightning_score.sde import SDE, ScoreFn
+
+
+def _steps(n: int, name: str, progress: bool) -> Iterable[int]:
+    """The step indices of a fixed-step solver, with a bar when ``progress``."""
+    return progress_bar(range(n), desc=name, unit="step", enabled=progress, leave=False)
+
 
 #: torchdiffeq's adaptive-step methods (fixed-grid ones need a step size: use euler/heun/dpmpp_2m).
 ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -62,7 +68,8 @@ def ode_solve(
 ) -> Tensor:
     """Integrate the probability-flow ODE from t0 to t1 (either direction) on x's device."""
     flow = sde.reverse(score_fn, probability_flow=True)
-    bar = tqdm(disable=not progress, unit="nfe", desc=f"ode {method} t={t0:g}->{t1:g}")
+    desc = f"ode {method} t={t0:g}->{t1:g}"
+    bar = progress_bar(desc=desc, unit="nfe", enabled=progress, leave=False)
 
     def drift(t: Tensor, y: Tensor) -> Tensor:
         bar.update()
@@ -199,7 +206,7 @@ def solve_euler(
     """Euler on dx~/dsigma = (x~ - D) / sigma (EDM eq. 3; = DDIM) along ``ts``: one NFE per step."""
     alphas, sigmas = _edm_grid(sde, ts, x)
     x = x / alphas[0]
-    for i in trange(len(ts) - 1, disable=not progress, desc="euler"):
+    for i in _steps(len(ts) - 1, "euler", progress):
         d = (x - _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])) / sigmas[i]
         x = _hooked(hook, x + (sigmas[i + 1] - sigmas[i]) * d, ts[i + 1], alphas[i + 1])
     return _finish(score_fn, x, ts[-1], alphas[-1], sigmas[-1], denoise)
@@ -218,7 +225,7 @@ def solve_heun(
     """Heun's 2nd-order method (EDM Alg. 1 without churn) along ``ts``: two NFE per step."""
     alphas, sigmas = _edm_grid(sde, ts, x)
     x = x / alphas[0]
-    for i in trange(len(ts) - 1, disable=not progress, desc="heun"):
+    for i in _steps(len(ts) - 1, "heun", progress):
         h = sigmas[i + 1] - sigmas[i]
         d = (x - _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])) / sigmas[i]  # Alg. 1 l. 7
         x_next = x + h * d  # l. 8
@@ -249,7 +256,7 @@ def solve_dpmpp_2m(
     lambdas = -sigmas.log()
     x = x / alphas[0]
     previous: Tensor | None = None
-    for i in trange(len(ts) - 1, disable=not progress, desc="dpmpp_2m"):
+    for i in _steps(len(ts) - 1, "dpmpp_2m", progress):
         denoised = _denoiser(score_fn, x, ts[i], alphas[i], sigmas[i])
         h = lambdas[i + 1] - lambdas[i]
         d_hat = denoised
@@ -294,7 +301,7 @@ def solve_edm_stochastic(
     alphas, sigmas = _edm_grid(sde, ts, x)
     gamma_max = min(churn / len(ts), math.sqrt(2) - 1)
     x = x / alphas[0]
-    for i in trange(len(ts) - 1, disable=not progress, desc="edm"):
+    for i in _steps(len(ts) - 1, "edm", progress):
         t_hat, alpha_hat, sigma_hat = ts[i], alphas[i], sigmas[i]
         if gamma_max > 0 and t_min <= float(sigmas[i]) <= t_max:
             sigma_hat = sigmas[i] * (1 + gamma_max)  # Alg. 2 l. 5

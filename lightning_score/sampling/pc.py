@@ -6,9 +6,9 @@ from itertools import pairwise
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lightning_score.config import SamplingConfig
+from lightning_score.progress import progress_bar
 from lightning_score.sampling.base import BoundHook, forward_move, no_hook
 from lightning_score.sampling.correctors import CORRECTORS
 from lightning_score.sampling.predictors import PREDICTORS
@@ -41,11 +41,9 @@ def pc_sampler(
     ts = resampling_grid(ts, cfg.resample_jump, cfg.resample_repeats)
     x = hook(sde.prior_sampling(shape, generator=generator, device=device), ts[0])
     x_mean = x
-    moves = tqdm(
-        pairwise(ts),
-        total=len(ts) - 1,
-        disable=not progress,
-        desc=f"pc {cfg.predictor}/{cfg.corrector}",
+    desc = f"pc {cfg.predictor}/{cfg.corrector}"
+    moves = progress_bar(
+        pairwise(ts), total=len(ts) - 1, desc=desc, unit="step", enabled=progress, leave=False
     )
     for t, t_next in moves:
         if t_next > t:  # resampling: back up the forward SDE
