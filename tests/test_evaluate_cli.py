@@ -144,7 +144,8 @@ def test_default_count_that_would_take_hours_asks_first(
     assert not (tmp_path / "e").exists()  # refused before anything ran or was written
 
     assert main([*args, *flags, "--yes"]) == 0
-    assert main([*args, *flags, "--num", "6"]) == 0  # an explicit count is the user's choice
+    # an explicit count is the user's choice
+    assert main([*args, *flags, "--num", "6", "--overwrite"]) == 0
     assert "about 1.2 h on cpu" in capsys.readouterr().err  # but it is still said
 
 

@@ -20,7 +20,14 @@ FORMATS = ("safetensors", "diffusers")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a training checkpoint (.ckpt) or an export")
-    parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        dest="fmt",
+        help="safetensors (weights, config and model card; every command loads it) or diffusers "
+        "(a UNet2DModel folder with its scheduler, for models that map exactly)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
         "--raw", action="store_true", help="export the raw weights instead of the EMA ones"
