@@ -16,7 +16,12 @@ TASK_NAMES = ("superres", "cs", "deblur")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_restoration_arguments(parser)
-    parser.add_argument("--task", required=True, choices=TASK_NAMES)
+    parser.add_argument(
+        "--task",
+        required=True,
+        choices=TASK_NAMES,
+        help="superres (average pooling), cs (compressive sensing) or deblur (Gaussian kernel)",
+    )
     parser.add_argument("--factor", type=int, default=2, help="superres: pooling factor")
     parser.add_argument("--ratio", type=float, default=0.25, help="cs: measurements / D")
     parser.add_argument("--kernel-size", type=int, default=5, help="deblur: kernel side")
