@@ -239,3 +239,24 @@ def test_folder_with_unreadable_files_skipped_when_asked(tmp_path):
     assert image.size == (12, 12)
     with pytest.raises(ConfigError, match=r"data.bad_images='ignore' is not valid"):
         load_config(None, ["data.bad_images=ignore"])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "celeba", "fashion_mnist"])
+def test_a_download_without_a_network_is_one_clear_error(name, tmp_path, monkeypatch):
+    """data.download=true offline: a DataNotFoundError naming the fix, not a URLError traceback."""
+    import urllib.error
+    import urllib.request
+
+    from lightning_score.data import tensor_sets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", offline)
+    # as on a machine without Debian's dataset-fashion-mnist package
+    monkeypatch.setattr(tensor_sets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-copy")
+    cfg = DataConfig(name=name, root=str(tmp_path / "nothing"), download=True, image_size=32)
+    with pytest.raises(DataNotFoundError) as err:
+        build_datamodule(cfg).setup()
+    assert "\n" not in str(err.value) and ("download" in str(err.value))

@@ -34,10 +34,11 @@ def cifar10(root: Path, train: bool, download: bool) -> Dataset:
 
     try:
         return CIFAR10(str(root), train=train, download=download)
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:  # OSError: a download without a network
         raise DataNotFoundError(
-            f"CIFAR-10 not found under {root} ({err}): set data.download=true (needs internet) "
-            f"or place the extracted 'cifar-10-batches-py' folder in {root}"
+            f"CIFAR-10 not found under {root} ({str(err).splitlines()[0]}): set "
+            "data.download=true (needs internet) or place the extracted 'cifar-10-batches-py' "
+            f"folder in {root}"
         ) from None
 
 
@@ -140,7 +141,7 @@ def celeba(root: Path, train: bool, download: bool, bad_images: str = "stop") ->
     split = "train" if train else "valid"
     try:
         return CelebA(str(root), split=split, target_type=[], download=download)
-    except (RuntimeError, FileNotFoundError):
+    except (RuntimeError, OSError):  # OSError: missing files, or a download without a network
         folder = root / "celeba" / "img_align_celeba"
         if folder.is_dir():
             return ImageFolderFlat(folder, bad_images)

@@ -89,7 +89,14 @@ def load_fashion_mnist_uint8(root: Path, train: bool, download: bool) -> tuple[T
             raise
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST(str(root), train=train, download=True)
+        try:
+            FashionMNIST(str(root), train=train, download=True)
+        except (RuntimeError, OSError) as err:  # OSError: no network
+            raise DataNotFoundError(
+                f"Fashion-MNIST could not be downloaded into {root} "
+                f"({str(err).splitlines()[0]}): place the IDX files there or "
+                "`apt-get install dataset-fashion-mnist`"
+            ) from None
         img, lbl = find_fashion_mnist(root, train)
     images = read_idx(img).unsqueeze(1)
     labels = read_idx(lbl)
