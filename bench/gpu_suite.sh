@@ -43,6 +43,9 @@ run train_b128_eager_fp32 90 $OURS --steps 30 --warmup 6 data.num_workers=0
 run sampling 60 python3 bench/sampling_throughput.py --config configs/cifar10_ncsnpp_ve.yaml \
   --batch 256 --samplers pc:reverse_diffusion:langevin:50
 run official_sampling 60 $OFFICIAL --batch 256 --sample-steps 50
+#    the fast path: CUDA graphs and bf16 (with its sample difference against fp32, same seeds)
+run sampling_fast 120 python3 bench/sampling_throughput.py --config configs/cifar10_ncsnpp_ve.yaml \
+  --batch 256 --samplers pc:reverse_diffusion:langevin:50 --compile reduce-overhead --bf16
 # 4. batch 512 (MFU) and 16 per GPU (launch-bound: 128 over 8 GPUs), the latter with and
 #    without CUDA graphs
 run train_b512 120 $OURS --steps 15 --warmup 5 --batch 512 $FAST

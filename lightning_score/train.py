@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -30,7 +30,6 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch import Tensor
 from torch.nn import Module
 
 from lightning_score.callbacks import SampleGridCallback
@@ -71,20 +70,15 @@ def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | Refe
     from lightning_score.data import image_batches
     from lightning_score.metrics import cached_reference_stats
 
-    all_batches = image_batches(cfg.data, cfg.seed, "train", ev.batch_size)
-    num = min(ev.reference_num or len(all_batches), len(all_batches))
-
-    def batches() -> Iterator[Tensor]:
-        left = ev.reference_num or float("inf")
-        for batch in all_batches():
-            if left <= 0:
-                return
-            yield batch[: int(min(left, len(batch)))]
-            left -= len(batch)
-
+    batches = image_batches(cfg.data, cfg.seed, "train", ev.batch_size, ev.reference_num)
     with torch.no_grad():
         stats, _, _ = cached_reference_stats(
-            batches, extractor, kid_features=10_000, device="cpu", progress=True, num_images=num
+            batches,
+            extractor,
+            kid_features=10_000,
+            device="cpu",
+            progress=True,
+            num_images=len(batches),
         )
     return stats
 

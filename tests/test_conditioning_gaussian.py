@@ -125,14 +125,6 @@ def assert_matches(
     )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _inpaint(sde: SDE, cfg: SamplingConfig, seed: int = 0) -> Tensor:
     y = torch.cat([Y_KNOWN, torch.zeros(2, dtype=D)]).expand(N, -1)
     hook = Projection(sde, Mask(KNOWN.to(D)), y)

@@ -27,14 +27,6 @@ SDES = {"ve": lambda: VESDE(sigma_max=50.0), "vp": VPSDE, "subvp": SubVPSDE}
 M = torch.tensor([0.5, -0.5, 0.25, 0.0])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Counter:
     """The user's own count of score calls, independent of the library's."""
 

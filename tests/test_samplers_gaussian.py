@@ -90,15 +90,6 @@ def assert_gaussian(
     assert off <= 4.5 / math.sqrt(n), f"off-diagonal covariance {off:.4f} (relative)"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores are shared by several test runs; one thread is also the fastest for these sizes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("predictor", "corrector", "sde_name"), _pc_combos())
 def test_pc_sampler_recovers_gaussian(predictor: str, corrector: str, sde_name: str) -> None:
     sde = SDES[sde_name]()

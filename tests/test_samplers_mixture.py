@@ -31,14 +31,6 @@ N_SAMPLES = 2000
 STEPS = 200
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_mixture(x: torch.Tensor, steps: int, var_factor: float = 1.0) -> None:
     n = x.shape[0]
     logits = -torch.cdist(x, MEANS).pow(2) / (2 * torch.tensor(STDS) ** 2)

@@ -30,7 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_score.commands.sample import add_model_arguments, check_positive, resolve_device
+from lightning_score.commands.sample import (
+    add_model_arguments,
+    add_speed_arguments,
+    check_positive,
+    resolve_device,
+)
 from lightning_score.config import ExperimentConfig, SamplingConfig
 from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 
@@ -48,6 +53,7 @@ OUTPUTS = ("ablation.csv", "ablation.md", "ablation.png")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_speed_arguments(parser)
     parser.add_argument(
         "--samplers",
         required=True,
@@ -343,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.sampling import check_sampling
     from lightning_score.sampling.cost import estimate_sampling, format_duration
     from lightning_score.sampling.generate import generate
+    from lightning_score.speed import for_sampling
 
     check_positive("--num", args.num)
     check_positive("--batch-size", args.batch_size)
@@ -353,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     check_outputs([args.out / name for name in OUTPUTS], args.overwrite, [Path(args.checkpoint)])
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
+    model = for_sampling(model, args.compile, args.bf16)
     shape = data_shape(exp.data)
     settings = parse_settings(args.samplers, exp.sampling)
     for _, cfg in settings:  # refuse bad settings before spending time on the good ones

@@ -109,6 +109,24 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sampling speed options, applied by :func:`lightning_score.speed.for_sampling`."""
+    group = parser.add_argument_group("speed")
+    group.add_argument(
+        "--compile",
+        choices=["none", "default", "reduce-overhead", "max-autotune"],
+        default="none",
+        help="torch.compile the network (reduce-overhead: with CUDA graphs); the first batch "
+        "compiles",
+    )
+    group.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run the network under bfloat16 autocast (the sampler itself stays float32)",
+    )
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``--device`` (default: the GPU when there is one), refused in one line when this machine
     has no such device: a device problem must not surface as a broken checkpoint. A launcher
@@ -163,6 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--grid", type=int, default=64, help="samples shown in the grid PNG")
     add_overwrite_argument(parser)
+    add_speed_arguments(parser)
     add_sampling_arguments(parser)
 
 
@@ -173,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.data import data_examples, data_shape
     from lightning_score.images import save_grid, to_data_space, to_uint8_nhwc
     from lightning_score.sampling.generate import generate, rank_share
+    from lightning_score.speed import for_sampling
 
     if not 0 <= args.rank < args.world_size:
         raise ValueError(f"--rank must lie in [0, --world-size={args.world_size}), got {args.rank}")
@@ -184,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     paths = [args.out / f"{stem}{ending}" for ending in (".npz", "_grid.png", ".json")]
     check_outputs(paths, args.overwrite, inputs=[Path(args.checkpoint)])
     model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
+    model = for_sampling(model, args.compile, args.bf16)
     cfg = sampling_from_args(exp.sampling, args)
     share = rank_share(args.num, args.rank, args.world_size)
     shape = data_shape(exp.data)
@@ -213,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "checkpoint": str(args.checkpoint),
         "ema": args.ema,
+        "compile": args.compile,
+        "bf16": args.bf16,
         "num": share,
         "seed": args.seed,
         "rank": args.rank,

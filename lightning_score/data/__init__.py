@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lightning_score.config import DataConfig, require, require_choice
 from lightning_score.data.base import DataNotFoundError, ScoreDataModule, split_fraction
@@ -142,15 +142,21 @@ class ImageBatches:
             yield batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-def image_batches(cfg: DataConfig, seed: int, split: str, batch_size: int) -> ImageBatches:
-    """The images of a split (``train`` or ``test``) of the data set ``cfg`` names."""
+def image_batches(
+    cfg: DataConfig, seed: int, split: str, batch_size: int, limit: int = 0
+) -> ImageBatches:
+    """The images of a split (``train`` or ``test``) of the data set ``cfg`` names; the first
+    ``limit`` of them when ``limit`` > 0."""
     dm = build_datamodule(dataclasses.replace(cfg, random_flip=False), seed)
     if not dm.is_image:
         raise ValueError(
             f"data set '{cfg.name}' holds points, not images: Inception statistics need images"
         )
     dm.setup()
-    return ImageBatches(dm.train_set if split == "train" else dm.val_set, batch_size)
+    dataset = dm.train_set if split == "train" else dm.val_set
+    if 0 < limit < len(dataset):  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(limit))
+    return ImageBatches(dataset, batch_size)
 
 
 def data_examples(cfg: DataConfig, seed: int, num: int) -> Tensor:
