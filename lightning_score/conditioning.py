@@ -2,7 +2,7 @@
 
 Conditioning composes with the samplers through two seams only (``sampling.sample``): a
 ``score_fn`` (guidance wraps it) and a step ``hook`` (projections). :func:`sample_conditioned`
-collects the one streaming generator's batches (``sampling.generate.stream_samples``), asking the
+collects the one streaming generator's batches (``sampling.generate.generate``), asking the
 caller for each batch's conditioning (its labels, its measurements).
 """
 
@@ -15,7 +15,7 @@ import torch
 from lightning_score.config import SamplingConfig
 from lightning_score.sampling import SampleResult
 from lightning_score.sampling.base import Condition
-from lightning_score.sampling.generate import stream_samples
+from lightning_score.sampling.generate import generate
 from lightning_score.sde import SDE
 
 
@@ -34,8 +34,7 @@ def sample_conditioned(
     """``num`` samples; the samples of a batch are conditioned by ``condition_for(slice)`` (the
     slice of sample indices in that batch), with noise from ``batch_seed(seed, 0, b)``.
     Returns the samples on the CPU and the NFE per trajectory (the mean over batches)."""
-    chunks, nfes = [], []
-    for batch in stream_samples(
+    out = generate(
         None,  # every batch's score comes from condition_for
         sde,
         data_shape,
@@ -46,10 +45,8 @@ def sample_conditioned(
         device=device,
         progress=progress,
         condition=condition_for,
-    ):
-        chunks.append(batch.samples.cpu())
-        nfes.append(batch.nfe)
-    return SampleResult(torch.cat(chunks), round(sum(nfes) / len(nfes)))
+    )
+    return SampleResult(out.samples, round(out.nfe))
 
 
 __all__ = ["Condition", "sample_conditioned"]

@@ -106,7 +106,7 @@ class Generation:
 
 
 def generate(
-    score_fn: ScoreFn,
+    score_fn: ScoreFn | None,
     sde: SDE,
     data_shape: Sequence[int],
     cfg: SamplingConfig,
@@ -117,6 +117,7 @@ def generate(
     rank: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    condition: Callable[[slice], Condition] | None = None,
     desc: str | None = None,
 ) -> Generation:
     """All of :func:`stream_samples` collected on the CPU, with the wall time it took."""
@@ -134,6 +135,7 @@ def generate(
         rank=rank,
         device=device,
         progress=progress,
+        condition=condition,
         desc=desc,
     ):
         chunks.append(batch.samples.cpu())
