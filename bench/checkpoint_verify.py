@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_score.checkpoint import load_checkpoint, verify_checkpoint
+from lightning_score.training.checkpoint import load_checkpoint, verify_checkpoint
 
 
 def fake_checkpoint(params: int, tensor_size: int = 4_000_000) -> dict:

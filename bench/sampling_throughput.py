@@ -24,7 +24,7 @@ from lightning_score.config import SamplingConfig
 from lightning_score.data import data_shape
 from lightning_score.experiment import build_score_model, load_config
 from lightning_score.sampling import sample
-from lightning_score.speed import for_sampling
+from lightning_score.training.speed import for_sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -46,10 +46,10 @@ from lightning_score.data.base import ScoreDataModule
 from lightning_score.data.tensor_sets import ImageTensorDataset
 from lightning_score.experiment import build_score_model, load_config
 from lightning_score.losses import TIME_SAMPLERS, dsm_loss
-from lightning_score.module import ScoreModule
-from lightning_score.speed import apply_speed_options
-from lightning_score.syncwatch import HostSyncWatch
-from lightning_score.train import build_trainer
+from lightning_score.training.module import ScoreModule
+from lightning_score.training.run import build_trainer
+from lightning_score.training.speed import apply_speed_options
+from lightning_score.training.syncwatch import HostSyncWatch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,10 +41,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from lightning_score.checkpoint import CheckpointError
     from lightning_score.config import ConfigError
     from lightning_score.data import DataNotFoundError
-    from lightning_score.reliability import NonFiniteError
+    from lightning_score.training.checkpoint import CheckpointError
+    from lightning_score.training.reliability import NonFiniteError
 
     return (
         ConfigError,

@@ -220,7 +220,7 @@ class ExperimentConfig:
 
 @dataclass
 class ClassifierNetConfig:
-    """The noise-conditional classifier's network (``lightning_score.classifier``)."""
+    """The noise-conditional classifier's network (``lightning_score.conditioning.classifier``)."""
 
     channels: list[int] = field(default_factory=lambda: [32, 64])  # one level per entry
     blocks_per_level: int = 2

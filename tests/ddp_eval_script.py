@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector
 
 from lightning_score.config import ExperimentConfig
-from lightning_score.eval_callback import EvaluationCallback
+from lightning_score.evaluation.callback import EvaluationCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 11  # odd: rank 0 draws 6, rank 1 draws 5
@@ -42,7 +42,7 @@ class TinyExtractor(nn.Module):
         self.register_buffer("proj", torch.randn(3 * 4 * 4, 8, generator=g) / 4)
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
-        from lightning_score.metrics import to_uint8
+        from lightning_score.evaluation import to_uint8
 
         x = to_uint8(images).float().to(self.proj.device) / 255
         return {"pool": torch.tanh(F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj)}
@@ -76,7 +76,7 @@ def quickstart_config(out_dir: Path) -> ExperimentConfig:
 
 def main(out_dir: Path, stats: Path) -> None:
     from lightning_score.data import build_datamodule
-    from lightning_score.module import ScoreModule
+    from lightning_score.training.module import ScoreModule
 
     torch.set_num_threads(1)
     cfg = quickstart_config(out_dir)

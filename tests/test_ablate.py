@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_score.cli import main
-from lightning_score.metrics.sliced import sliced_wasserstein
+from lightning_score.evaluation.sliced import sliced_wasserstein
 
 
 def ablate(checkpoint: Path, out: Path, samplers: str, *extra: str) -> int:
@@ -108,7 +108,7 @@ def test_fid_column_with_reference_statistics(
 ) -> None:
     from sklearn.datasets import load_digits
 
-    from lightning_score import metrics
+    from lightning_score import evaluation as metrics
 
     monkeypatch.setattr(metrics, "load_inception", lambda *a, **k: TinyExtractor())
     digits = torch.from_numpy(load_digits().images[:64]).float().div(16).unsqueeze(1)

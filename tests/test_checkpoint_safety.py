@@ -14,14 +14,18 @@ import pytest
 import torch
 from run_training import ROOT, TINY, tiny_config
 
-import lightning_score.reliability
-from lightning_score.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+import lightning_score.training.reliability
 from lightning_score.cli import main
 from lightning_score.config import ConfigError, to_dict
 from lightning_score.data import build_datamodule
-from lightning_score.module import ScoreModule
-from lightning_score.reliability import AtomicCheckpointIO
-from lightning_score.train import build_trainer, train
+from lightning_score.training.checkpoint import (
+    CheckpointError,
+    find_resume_checkpoint,
+    load_checkpoint,
+)
+from lightning_score.training.module import ScoreModule
+from lightning_score.training.reliability import AtomicCheckpointIO
+from lightning_score.training.run import build_trainer, train
 
 
 def save(io: AtomicCheckpointIO, path: Path, step: int, size: int = 3) -> None:
@@ -55,7 +59,7 @@ def test_a_write_that_fails_half_way_leaves_the_old_file(tmp_path, monkeypatch):
         fh.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lightning_score.reliability.torch, "save", disk_full)
+    monkeypatch.setattr(lightning_score.training.reliability.torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save(io, last, 2)
     assert step_of(last) == 1
@@ -258,7 +262,7 @@ def test_temp_files_of_killed_writers_are_removed_at_start_live_ones_kept(tmp_pa
     with open(live, "wb") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # what a writer in another process holds
         fh.write(b"PK being written")
-        lightning_score.reliability.remove_orphaned_temp_files(ckpts)
+        lightning_score.training.reliability.remove_orphaned_temp_files(ckpts)
         assert live.exists()
     assert not orphan.exists()
 
@@ -277,7 +281,7 @@ def test_a_checkpoint_config_with_an_unknown_key_names_it(run_dir, tmp_path):
     ckpt["hyper_parameters"]["config"]["optim"]["momentum"] = 0.9
     path = tmp_path / "future.ckpt"
     torch.save(ckpt, path)
-    from lightning_score.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_score_model
 
     with pytest.raises(CheckpointError, match=r"unknown config key 'optim.momentum'"):
         load_score_model(path)

@@ -68,7 +68,7 @@ def test_every_option_has_help_and_its_default_is_shown(capsys: pytest.CaptureFi
 
 def test_help_lists_every_registered_name(capsys: pytest.CaptureFixture) -> None:
     """The name lists in the help texts (kept torch-free) against the registries."""
-    from lightning_score.likelihood import TRACE_ESTIMATORS
+    from lightning_score.evaluation.likelihood import TRACE_ESTIMATORS
     from lightning_score.sampling import CORRECTORS, ODE_METHODS, PREDICTORS, SAMPLERS, SCHEDULES
 
     with pytest.raises(SystemExit):

@@ -17,19 +17,19 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_score.checkpoint import load_score_model
-from lightning_score.class_conditional import sample_classes
-from lightning_score.classifier import (
+from lightning_score.cli import main
+from lightning_score.conditioning.class_conditional import sample_classes
+from lightning_score.conditioning.classifier import (
     load_classifier,
     load_classifier_config,
     train_classifier,
     validation_accuracy,
 )
-from lightning_score.cli import main
 from lightning_score.config import DataConfig, SamplingConfig
 from lightning_score.data import build_datamodule
 from lightning_score.experiment import load_config
-from lightning_score.train import train
+from lightning_score.training.checkpoint import load_score_model
+from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = SamplingConfig(steps=50)

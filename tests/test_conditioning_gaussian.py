@@ -28,10 +28,10 @@ import pytest
 import torch
 from torch import Tensor
 
+from lightning_score.conditioning.guidance import classifier_guided, measurement_guided
+from lightning_score.conditioning.inverse import Projection
+from lightning_score.conditioning.operators import Mask, RandomProjection
 from lightning_score.config import ConfigError, SamplingConfig
-from lightning_score.guidance import classifier_guided, measurement_guided
-from lightning_score.inverse import Projection
-from lightning_score.operators import Mask, RandomProjection
 from lightning_score.sampling import make_generator, sample
 from lightning_score.sampling.analytic import (
     gaussian_cov_score,

@@ -10,18 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_score.checkpoint import load_score_model
-from lightning_score.classifier import check_classifier_fits, load_classifier_config
 from lightning_score.cli import main
+from lightning_score.conditioning.classifier import check_classifier_fits, load_classifier_config
+from lightning_score.conditioning.guidance import classifier_free_guided
+from lightning_score.conditioning.inputs import load_images
+from lightning_score.conditioning.inverse import solve_inverse
+from lightning_score.conditioning.operators import AveragePool, Colorization, Mask
 from lightning_score.config import ConfigError, DataConfig, SamplingConfig
 from lightning_score.data import build_datamodule
 from lightning_score.experiment import build_score_model, load_config
-from lightning_score.guidance import classifier_free_guided
-from lightning_score.image_io import load_images
-from lightning_score.inverse import solve_inverse
-from lightning_score.module import ScoreModule
-from lightning_score.operators import AveragePool, Colorization, Mask
-from lightning_score.train import train
+from lightning_score.training.checkpoint import load_score_model
+from lightning_score.training.module import ScoreModule
+from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_score.checkpoint import load_checkpoint
+from lightning_score.training.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).with_name("run_training.py")
 

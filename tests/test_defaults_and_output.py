@@ -72,7 +72,7 @@ def test_known_library_noise_is_silenced_and_nothing_else(caplog: pytest.LogCapt
     from torchmetrics import MeanMetric
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from lightning_score.metrics import fid_helper_weights_path
+    from lightning_score.evaluation import fid_helper_weights_path
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -172,7 +172,7 @@ def test_likelihood_of_a_zero_epsilon_ddpm_model_has_its_closed_form(tmp_path: P
     """With eps == 0 the probability flow is dx/dt = -beta(t) x / 2: x(T) = x e^{-dB/2} and
     log p(x) = log N(x(T); 0, I) - D dB / 2 with dB = B(T) - B(eps), B = int beta, so the
     diffusers -> VP mapping (beta_min, beta_max) shows in the number."""
-    from lightning_score.likelihood import log_likelihood
+    from lightning_score.evaluation.likelihood import log_likelihood
 
     model, sde = load_diffusers_score_model(
         _save_ddpm(tmp_path, _ddpm_unet(zero_output=True), "pipeline")
@@ -190,7 +190,7 @@ def test_likelihood_of_a_zero_epsilon_ddpm_model_has_its_closed_form(tmp_path: P
 
 def test_ddpm_model_samples_with_pc_and_ode_and_has_a_likelihood(tmp_path: Path) -> None:
     from lightning_score.config import SamplingConfig
-    from lightning_score.likelihood import bits_per_dim
+    from lightning_score.evaluation.likelihood import bits_per_dim
     from lightning_score.sampling import sample
 
     model, sde = load_diffusers_score_model(_save_ddpm(tmp_path, _ddpm_unet(), "model"))
@@ -226,8 +226,8 @@ def test_ddim_scheduler_maps_too_and_inexact_schedules_are_refused(tmp_path: Pat
 def test_converted_ddpm_model_runs_through_every_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lightning_score.checkpoint import load_score_model
     from lightning_score.cli import main
+    from lightning_score.training.checkpoint import load_score_model
 
     source = _save_ddpm(tmp_path / "ddpm", _ddpm_unet(), "pipeline")
     assert main(["convert", str(source), "--out", str(tmp_path / "x")]) == 2

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_score.checkpoint import load_score_model
 from lightning_score.cli import main
 from lightning_score.commands import convert
 from lightning_score.experiment import load_config
 from lightning_score.nets.official_layout import to_official_state_dict
-from lightning_score.train import train
+from lightning_score.training.checkpoint import load_score_model
+from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from ddp_eval_script import METRICS, NUM_SAMPLES, TinyExtractor, quickstart_config
 
-from lightning_score.metrics import ImageMetrics, ReferenceStats, compute_reference_stats
+from lightning_score.evaluation import ImageMetrics, ReferenceStats, compute_reference_stats
 
 SCRIPT = Path(__file__).with_name("ddp_eval_script.py")
 
@@ -85,8 +85,8 @@ def test_callback_must_precede_ema(tmp_path) -> None:
     import lightning as L
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
-    from lightning_score.eval_callback import EvaluationCallback
-    from lightning_score.module import ScoreModule
+    from lightning_score.evaluation.callback import EvaluationCallback
+    from lightning_score.training.module import ScoreModule
 
     cfg = quickstart_config(tmp_path)
     evaluation = EvaluationCallback(2, 8, tmp_path / "ref.npz", cfg.sampling, tmp_path)

@@ -17,10 +17,10 @@ import torch
 from ddp_eval_script import TinyExtractor
 from tiny_checkpoint import ROOT, tiny_quickstart_checkpoint
 
-from lightning_score import metrics as M
+from lightning_score import evaluation as M
 from lightning_score.cli import main
-from lightning_score.likelihood import evaluate_bits_per_dim
-from lightning_score.metrics import inception as inception_module
+from lightning_score.evaluation import inception as inception_module
+from lightning_score.evaluation.likelihood import evaluate_bits_per_dim
 from lightning_score.sde import VPSDE
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -168,7 +168,7 @@ class GaussianImageModel(torch.nn.Module):
 
 
 def test_likelihood_command(ckpt: Path, tmp_path, monkeypatch, capsys) -> None:
-    from lightning_score import checkpoint
+    from lightning_score.training import checkpoint
 
     _, cfg = checkpoint.load_score_model(ckpt)
     monkeypatch.setattr(checkpoint, "load_score_model", lambda *a, **k: (GaussianImageModel(), cfg))
@@ -231,8 +231,8 @@ def test_evaluate_refuses_to_replace_its_results_and_checks_out_first(
 def test_likelihood_refuses_to_replace_its_json_and_checks_out_first(
     ckpt: Path, tmp_path, monkeypatch, capsys
 ) -> None:
-    from lightning_score import checkpoint
-    from lightning_score import likelihood as likelihood_module
+    from lightning_score.evaluation import likelihood as likelihood_module
+    from lightning_score.training import checkpoint
 
     _, cfg = checkpoint.load_score_model(ckpt)
     monkeypatch.setattr(checkpoint, "load_score_model", lambda *a, **k: (GaussianImageModel(), cfg))

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lightning_score.checkpoint import load_checkpoint, load_score_model, model_state
 from lightning_score.cli import main
 from lightning_score.config import to_dict
 from lightning_score.data import data_shape
 from lightning_score.experiment import build_score_model, load_config
+from lightning_score.training.checkpoint import load_checkpoint, load_score_model, model_state
 
 TINY_256 = [  # the 256 px NCSN++ layout (skip blocks) at a tiny width; attention at 128 channels
     "model.name=ncsnpp_256",

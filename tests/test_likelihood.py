@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal
 
-from lightning_score.likelihood import (
+from lightning_score.evaluation.likelihood import (
     bits_per_dim,
     dequantize,
     evaluate_bits_per_dim,
@@ -145,7 +145,7 @@ def test_bits_per_dim_offset_and_dequantization() -> None:
 
 
 def test_standard_errors() -> None:
-    from lightning_score.likelihood import BitsPerDim
+    from lightning_score.evaluation.likelihood import BitsPerDim
 
     values = torch.tensor([[1.0, 3.0, 5.0], [3.0, 5.0, 7.0]], dtype=torch.float64)
     r = BitsPerDim(values=values, indices=torch.arange(3), nfe_total=60, solves=6)
@@ -173,7 +173,7 @@ def test_trained_toy_model_nll_is_close_to_the_data_entropy(tmp_path) -> None:
     from lightning_score.data import build_datamodule
     from lightning_score.data.toy2d import gaussian_mixture, gaussian_mixture_log_prob
     from lightning_score.experiment import load_config
-    from lightning_score.train import train
+    from lightning_score.training.run import train
 
     root = Path(__file__).resolve().parents[1]
     overrides = [

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from lightning_score.cli import main
-from lightning_score.distributed import Ranks, shard_batches
-from lightning_score.likelihood import BitsPerDim, merge_bits_per_dim
+from lightning_score.evaluation.distributed import Ranks, shard_batches
+from lightning_score.evaluation.likelihood import BitsPerDim, merge_bits_per_dim
 
 ROOT = Path(__file__).resolve().parents[1]
 # --num-points: torchrun's own parser would take --num as an abbreviation of --numa-binding.

@@ -19,9 +19,9 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from lightning_score import metrics as M
-from lightning_score.metrics import image_metrics
-from lightning_score.metrics import inception as inception_module
+from lightning_score import evaluation as M
+from lightning_score.evaluation import image_metrics
+from lightning_score.evaluation import inception as inception_module
 
 N_IMAGES = 24
 NOISE_LEVELS = (0.01, 0.02, 0.05)  # FID saturates beyond ~0.05 with so few images

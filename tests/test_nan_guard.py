@@ -12,16 +12,16 @@ import pytest
 import torch
 from run_training import tiny_config
 
-import lightning_score.module
-from lightning_score.checkpoint import load_checkpoint
-from lightning_score.ema import EMA
-from lightning_score.reliability import AtomicCheckpointIO, NonFiniteError
-from lightning_score.train import train
+import lightning_score.training.module
+from lightning_score.training.checkpoint import load_checkpoint
+from lightning_score.training.ema import EMA
+from lightning_score.training.reliability import AtomicCheckpointIO, NonFiniteError
+from lightning_score.training.run import train
 
 
 def inject_at_call(monkeypatch, call: int, corrupt) -> None:
     """Make the training loss of the ``call``-th training step (1-based) go through ``corrupt``."""
-    real, calls = lightning_score.module.dsm_loss, [0]
+    real, calls = lightning_score.training.module.dsm_loss, [0]
 
     def dsm_loss(score_fn, *args, **kwargs):
         losses = real(score_fn, *args, **kwargs)
@@ -31,7 +31,7 @@ def inject_at_call(monkeypatch, call: int, corrupt) -> None:
                 return corrupt(losses, score_fn)
         return losses
 
-    monkeypatch.setattr(lightning_score.module, "dsm_loss", dsm_loss)
+    monkeypatch.setattr(lightning_score.training.module, "dsm_loss", dsm_loss)
 
 
 def nan_loss(losses: torch.Tensor, _) -> torch.Tensor:

@@ -19,14 +19,14 @@ import torch
 
 from lightning_score.commands import convert
 from lightning_score.experiment import build_score_model
-from lightning_score.nets import build_network
-from lightning_score.nets.official_layout import from_official_state_dict, to_official_state_dict
-from lightning_score.official import (
+from lightning_score.interop.official import (
     OFFICIAL_CONFIGS,
     OfficialCheckpointError,
     load_official_checkpoint,
     official_experiment,
 )
+from lightning_score.nets import build_network
+from lightning_score.nets.official_layout import from_official_state_dict, to_official_state_dict
 from lightning_score.parameterization import build_parameterization
 from lightning_score.sde import VESDE, VPSDE, SubVPSDE
 
@@ -172,7 +172,7 @@ def test_vp_checkpoint_gives_the_official_vp_score(tmp_path: Path) -> None:
 def test_convert_cli_writes_a_lightning_score_checkpoint(
     ve_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from lightning_score.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_score_model
 
     path, raw, ema, sde = ve_checkpoint
     parser = argparse.ArgumentParser()

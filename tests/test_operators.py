@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_score.operators import (
+from lightning_score.conditioning.operators import (
     AveragePool,
     Blur,
     Colorization,

@@ -12,12 +12,12 @@ import torch
 
 from lightning_score import progress
 from lightning_score.config import SamplingConfig
+from lightning_score.evaluation import compute_reference_stats
 from lightning_score.experiment import load_config
-from lightning_score.metrics import compute_reference_stats
 from lightning_score.progress import LogLines, progress_bar
 from lightning_score.sampling.generate import stream_samples
 from lightning_score.sde import VPSDE
-from lightning_score.train import train
+from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ETA = r"\[\d\d:\d\d<\d\d:\d\d"  # elapsed<remaining
@@ -132,7 +132,7 @@ def test_training_counts_steps_in_a_log_and_ends_with_a_summary(
 def test_training_bar_on_a_terminal_shows_step_of_max_steps(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import lightning_score.train_progress as tp
+    import lightning_score.training.step_progress as tp
 
     monkeypatch.setattr(tp, "is_terminal", lambda stream: True)
     _tiny_run(tmp_path)

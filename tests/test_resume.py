@@ -21,9 +21,9 @@ import torch
 from run_training import tiny_config
 from test_checkpoint_safety import corrupt_middle
 
-from lightning_score.checkpoint import CheckpointError, load_checkpoint
-from lightning_score.reliability import PREEMPTED_EXIT_CODE
-from lightning_score.train import train
+from lightning_score.training.checkpoint import CheckpointError, load_checkpoint
+from lightning_score.training.reliability import PREEMPTED_EXIT_CODE
+from lightning_score.training.run import train
 
 SCRIPT = Path(__file__).with_name("run_training.py")
 

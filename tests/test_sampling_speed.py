@@ -11,7 +11,7 @@ import torch
 from lightning_score.config import SamplingConfig
 from lightning_score.experiment import build_score_model, load_config
 from lightning_score.sampling.generate import generate
-from lightning_score.speed import for_sampling
+from lightning_score.training.speed import for_sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = SamplingConfig(sampler="dpmpp_2m", steps=10)

@@ -12,8 +12,8 @@ import torch
 from run_training import tiny_config
 from tiny_checkpoint import tiny_quickstart_checkpoint
 
-from lightning_score.checkpoint import load_checkpoint
-from lightning_score.train import train
+from lightning_score.training.checkpoint import load_checkpoint
+from lightning_score.training.run import train
 
 
 def test_compiled_run_resumes_bit_for_bit_with_plain_names(tmp_path, monkeypatch):

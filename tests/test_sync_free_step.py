@@ -10,9 +10,9 @@ import torch
 from run_training import tiny_config
 
 from lightning_score.config import ConfigError
-from lightning_score.ema import EMA
-from lightning_score.syncwatch import HostSyncWatch
-from lightning_score.train import train
+from lightning_score.training.ema import EMA
+from lightning_score.training.run import train
+from lightning_score.training.syncwatch import HostSyncWatch
 
 
 class Tiny(L.LightningModule):

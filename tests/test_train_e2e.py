@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_score.checkpoint import load_score_model
 from lightning_score.data.toy2d import gaussian_mixture
+from lightning_score.evaluation.sliced import sliced_wasserstein
 from lightning_score.experiment import load_config
-from lightning_score.metrics.sliced import sliced_wasserstein
 from lightning_score.sampling import sample
-from lightning_score.train import train
+from lightning_score.training.checkpoint import load_score_model
+from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ from matplotlib.container import ErrorbarContainer
 from scipy import linalg
 
 from lightning_score.commands.ablate import ablation_figure
-from lightning_score.metrics.image_metrics import FrechetDistance, _Precomputed
-from lightning_score.metrics.sliced import project, sliced_wasserstein
-from lightning_score.metrics.uncertainty import (
+from lightning_score.evaluation.image_metrics import FrechetDistance, _Precomputed
+from lightning_score.evaluation.sliced import project, sliced_wasserstein
+from lightning_score.evaluation.uncertainty import (
     Bootstrap,
     frechet_statistic,
     paired_bootstrap,

@@ -19,8 +19,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_score.cli import main
 from lightning_score.experiment import load_config
-from lightning_score.loggers import build_logger
-from lightning_score.train import train
+from lightning_score.training.loggers import build_logger
+from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 32768  # LevelDB log block size; records never straddle a block's last 6 bytes

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from lightning_score.experiment import load_config
-from lightning_score.train import train
+from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,13 +7,13 @@ family. Writes ``ablation.csv``, ``ablation.md``, ``ablation.png`` (quality, or 
 metric is asked for, against NFE; one line per family; titled with the sample count) and a sample
 grid per setting in ``grids/`` (2-D points: a scatter plot over the data).
 
-Quality: ``--metric fid --ref-stats FILE`` (the standard Inception, ``lightning_score.metrics``), or
+Quality: ``--metric fid --ref-stats FILE`` (the standard Inception, ``lightning_score.evaluation``), or
 the default ``sliced_wasserstein_to_data``: a cheap, clearly named proxy, the mean over 128 random
 directions of the 1-D Wasserstein-1 distance between samples and as many data examples (pixels
 in [0, 1]); lower is better. ``--metric none`` skips it.
 
 Each quality figure comes with a paired bootstrap standard error over the samples (``--bootstrap``
-replicates; ``lightning_score.metrics.uncertainty`` says why a bootstrap and why paired), drawn as
+replicates; ``lightning_score.evaluation.uncertainty`` says why a bootstrap and why paired), drawn as
 error bars; the table marks the best setting and says which settings are within noise of it and
 of the previous setting of their family (95 % interval of the difference containing 0).
 """
@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from lightning_score.metrics import FeatureExtractor
-    from lightning_score.metrics.uncertainty import Bootstrap
+    from lightning_score.evaluation import FeatureExtractor
+    from lightning_score.evaluation.uncertainty import Bootstrap
 
 SWD = "sliced_wasserstein_to_data"
 COLUMNS = ["sampler", "steps", "nfe", "seconds", "samples_per_s"]
@@ -167,7 +167,7 @@ class Quality:
         self.name: str | None = None
         if args.metric == "swd":
             from lightning_score.data import data_examples
-            from lightning_score.metrics.sliced import project
+            from lightning_score.evaluation.sliced import project
 
             self.name, self.reference = SWD, data_examples(exp.data, exp.seed, args.num)
             self.reference_features = project(self.reference)
@@ -176,7 +176,7 @@ class Quality:
                 raise ValueError(
                     "--metric fid needs --ref-stats FILE.npz (make one with `lscore stats`)"
                 )
-            from lightning_score.metrics import ReferenceStats, count_suffix, load_inception
+            from lightning_score.evaluation import ReferenceStats, count_suffix, load_inception
 
             self.extractor = load_inception().to(device)
             self.stats = ReferenceStats.load(
@@ -192,11 +192,11 @@ class Quality:
         import torch
 
         if self.metric == "swd":
-            from lightning_score.metrics.sliced import project, sliced_wasserstein
+            from lightning_score.evaluation.sliced import project, sliced_wasserstein
 
             self.features.append(project(samples))
             return sliced_wasserstein(samples, self.reference)
-        from lightning_score.metrics import ImageMetrics
+        from lightning_score.evaluation import ImageMetrics
 
         recorder = _Recording(self.extractor)
         metrics = ImageMetrics(["fid"], recorder).to(self.device)
@@ -210,7 +210,7 @@ class Quality:
         """Paired bootstrap replicates of every setting scored so far."""
         import torch
 
-        from lightning_score.metrics import uncertainty
+        from lightning_score.evaluation import uncertainty
 
         if self.metric == "swd":
             stat = uncertainty.sliced_wasserstein_statistic(self.features, self.reference_features)
@@ -239,7 +239,7 @@ class _Recording:
 
 def add_uncertainty(rows: list[dict[str, Any]], quality: str, boot: Bootstrap) -> list[str]:
     """``{quality}_stderr`` and the noise verdicts into ``rows``; returns the summary lines."""
-    from lightning_score.metrics.uncertainty import LEVEL, verdicts
+    from lightning_score.evaluation.uncertainty import LEVEL, verdicts
 
     values = [r[quality] for r in rows]
     found = verdicts(values, [r["sampler"] for r in rows], boot)
@@ -343,13 +343,13 @@ def grid_name(index: int, label: str, cfg: SamplingConfig) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.checkpoint import load_score_model
     from lightning_score.data import data_examples, data_shape
     from lightning_score.images import save_grid, to_data_space
     from lightning_score.sampling import check_sampling
     from lightning_score.sampling.cost import estimate_sampling, format_duration
     from lightning_score.sampling.generate import generate
-    from lightning_score.speed import for_sampling
+    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.speed import for_sampling
 
     check_positive("--num", args.num)
     check_positive("--batch-size", args.batch_size)
@@ -421,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
             )
         print("\n".join(notes))
     write_outputs(rows, quality.name, args.out, notes, num=args.num)
-    from lightning_score.loggers import report_to_wandb  # no-op unless W&B is in use
+    from lightning_score.training.loggers import report_to_wandb  # no-op unless W&B is in use
 
     plot, table = {"ablation/quality_vs_nfe": args.out / "ablation.png"}, {"ablation/results": rows}
     report_to_wandb(exp, args.out, "ablate", vars(args), images=plot, tables=table)

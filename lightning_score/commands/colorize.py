@@ -16,6 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.inverse import TASKS
+    from lightning_score.conditioning.inverse import TASKS
 
     return run_restoration(args, TASKS["colorize"], "colorization")

@@ -1,6 +1,6 @@
 """``lscore convert CHECKPOINT --config NAME [--out PATH]``: score_sde_pytorch weights -> ours.
 
-Writes a lightning-score checkpoint (the layout of ``lightning_score.checkpoint``: EMA weights in
+Writes a lightning-score checkpoint (the layout of ``lightning_score.training.checkpoint``: EMA weights in
 ``state_dict``, raw ones in ``current_model_state``, the resolved config in
 ``hyper_parameters.config``), so ``lscore sample`` / ``evaluate`` / ``likelihood`` take it as is.
 The output loads with ``torch.load(weights_only=True)``.
@@ -28,7 +28,7 @@ from lightning_score.outputs import (
 )
 
 if TYPE_CHECKING:
-    from lightning_score.official import OfficialWeights
+    from lightning_score.interop.official import OfficialWeights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,9 +114,9 @@ def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Pat
 
 def convert_diffusers(args: argparse.Namespace) -> int:
     """A diffusers folder -> our safetensors export."""
-    from lightning_score.checkpoint import score_model_with
-    from lightning_score.diffusers_models import diffusers_experiment
-    from lightning_score.export import Trained, write_safetensors
+    from lightning_score.interop.diffusers_models import diffusers_experiment
+    from lightning_score.interop.export import Trained, write_safetensors
+    from lightning_score.training.checkpoint import score_model_with
 
     if not args.data:
         raise ValueError(
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint and Path(args.checkpoint).is_dir():
         return convert_diffusers(args)
-    from lightning_score.official import (
+    from lightning_score.interop.official import (
         OFFICIAL_CONFIGS,
         official_experiment,
         read_official_weights,

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from lightning_score.metrics import FeatureExtractor
+    from lightning_score.evaluation import FeatureExtractor
     from lightning_score.nets import ScoreModel
 
 DEFAULT_NUM = 50_000
@@ -204,11 +204,8 @@ def check_run_time(
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lightning_score.checkpoint import load_score_model
     from lightning_score.data import data_shape, image_batches
-    from lightning_score.experiment import load_config
-    from lightning_score.images import save_grid
-    from lightning_score.metrics import (
+    from lightning_score.evaluation import (
         METRIC_NAMES,
         ImageMetrics,
         ReferenceStats,
@@ -216,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
         count_suffix,
         load_inception,
     )
+    from lightning_score.experiment import load_config
+    from lightning_score.images import save_grid
     from lightning_score.sampling import check_sampling
+    from lightning_score.training.checkpoint import load_score_model
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(names) - set(METRIC_NAMES))
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name} = {value:.4f}")
     print(f"-> {json_path}")
     if exp is not None and "sampling" in info:
-        from lightning_score.loggers import report_to_wandb  # no-op unless W&B is in use
+        from lightning_score.training.loggers import report_to_wandb  # no-op unless W&B is in use
 
         summary = {**values, "nfe": info["nfe"]}
         images = {"samples": grid_path} if grid_path.is_file() else None

@@ -4,7 +4,7 @@
 config in its metadata, ``config.json`` and a model card ``README.md``; every ``lscore`` command
 takes the folder (or the file) as its checkpoint. ``diffusers``: a folder diffusers'
 ``from_pretrained`` loads, for models that map exactly onto ``UNet2DModel`` and a scheduler;
-others are refused with the reason (see ``lightning_score.export``). A folder that already holds
+others are refused with the reason (see ``lightning_score.interop.export``). A folder that already holds
 files is kept unless ``--overwrite`` is given, and never one that holds the input.
 """
 
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.export import export
+    from lightning_score.interop.export import export
 
     check_output_folder(args.out, args.overwrite, inputs=[Path(args.checkpoint)])
     path = export(args.checkpoint, args.fmt, args.out, raw=args.raw)

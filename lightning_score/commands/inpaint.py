@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.inverse import TASKS
-    from lightning_score.operators import load_mask
+    from lightning_score.conditioning.inverse import TASKS
+    from lightning_score.conditioning.operators import load_mask
 
     def operator(shape):
         return TASKS["inpaint"](shape, load_mask(args.mask, tuple(shape[-2:]), args.seed))

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.inverse import TASKS
+    from lightning_score.conditioning.inverse import TASKS
 
     options = {
         "superres": {"factor": args.factor},

@@ -27,9 +27,9 @@ from lightning_score.outputs import add_overwrite_argument, check_outputs, write
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from lightning_score.distributed import Ranks
+    from lightning_score.evaluation.distributed import Ranks
 
-#: lightning_score.likelihood.TRACE_ESTIMATORS, named here so that `--help` needs no torch
+#: lightning_score.evaluation.likelihood.TRACE_ESTIMATORS, named here so that `--help` needs no torch
 TRACE_CHOICES = ("rademacher", "gaussian", "exact")
 
 
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.distributed import process_group
+    from lightning_score.evaluation.distributed import process_group
 
     with process_group() as ranks:
         return _run(args, ranks)
@@ -107,10 +107,10 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from lightning_score.checkpoint import load_score_model
     from lightning_score.data import build_datamodule
-    from lightning_score.distributed import shard_batches
-    from lightning_score.likelihood import evaluate_bits_per_dim, gather_bits_per_dim
+    from lightning_score.evaluation.distributed import shard_batches
+    from lightning_score.evaluation.likelihood import evaluate_bits_per_dim, gather_bits_per_dim
+    from lightning_score.training.checkpoint import load_score_model
 
     check_positive("--num", args.num, "a positive number of points")
     check_positive("--repeats", args.repeats)

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.shards import merge_shards, write_merged
+    from lightning_score.sampling.shards import merge_shards, write_merged
 
     out = args.out or args.directory / "samples.npz"
     check_outputs([out, out.with_suffix(".json")], args.overwrite)

@@ -2,7 +2,7 @@
 
 Not a command itself. Truth images come from an ``.npz`` or a folder; the observation is
 simulated from them (y = A x + noise), posterior samples are drawn, and the results written
-with PSNR / SSIM against the truth (``lightning_score.inverse``). Existing outputs are kept
+with PSNR / SSIM against the truth (``lightning_score.conditioning.inverse``). Existing outputs are kept
 unless ``--overwrite`` is given (``lightning_score.outputs``).
 """
 
@@ -60,12 +60,12 @@ def run_restoration(
     make_operator: Callable[[Sequence[int]], object],
     title: str,
 ) -> int:
-    from lightning_score.checkpoint import load_score_model
     from lightning_score.commands.sample import resolve_device, sampling_from_args
+    from lightning_score.conditioning.inputs import HELD_OUT, load_images
+    from lightning_score.conditioning.inverse import RESTORATION_FILES, restore, save_restoration
     from lightning_score.data import data_shape
-    from lightning_score.image_io import HELD_OUT, load_images
-    from lightning_score.inverse import RESTORATION_FILES, restore, save_restoration
     from lightning_score.outputs import check_outputs
+    from lightning_score.training.checkpoint import load_score_model
 
     outputs = [args.out / name for name in RESTORATION_FILES]
     inputs = [Path(args.checkpoint)] + ([] if args.input == HELD_OUT else [Path(args.input)])

@@ -110,7 +110,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """Sampling speed options, applied by :func:`lightning_score.speed.for_sampling`."""
+    """Sampling speed options, applied by :func:`lightning_score.training.speed.for_sampling`."""
     group = parser.add_argument_group("speed")
     group.add_argument(
         "--compile",
@@ -188,11 +188,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lightning_score.checkpoint import load_score_model
     from lightning_score.data import data_examples, data_shape
     from lightning_score.images import save_grid, to_data_space, to_uint8_nhwc
     from lightning_score.sampling.generate import generate, rank_share
-    from lightning_score.speed import for_sampling
+    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.speed import for_sampling
 
     if not 0 <= args.rank < args.world_size:
         raise ValueError(f"--rank must lie in [0, --world-size={args.world_size}), got {args.rank}")

@@ -42,17 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.checkpoint import load_score_model
-    from lightning_score.class_conditional import (
+    from lightning_score.commands.sample import resolve_device, sampling_from_args
+    from lightning_score.conditioning.class_conditional import (
         CLASS_SAMPLE_FILES,
         judged_accuracy,
         sample_classes,
         save_class_samples,
     )
-    from lightning_score.classifier import check_classifier_fits, load_classifier
-    from lightning_score.commands.sample import resolve_device, sampling_from_args
+    from lightning_score.conditioning.classifier import check_classifier_fits, load_classifier
     from lightning_score.data import class_name, data_shape
     from lightning_score.outputs import check_outputs
+    from lightning_score.training.checkpoint import load_score_model
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")

@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lightning_score.commands.sample import resolve_device
     from lightning_score.data import image_batches
+    from lightning_score.evaluation import cached_reference_stats, load_inception
     from lightning_score.experiment import load_config
-    from lightning_score.metrics import cached_reference_stats, load_inception
 
     check_outputs([args.out], args.overwrite)
     cfg = load_config(args.config, args.overrides)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if problem:
             print(f"note: {problem}", file=sys.stderr)
         return 0
-    from lightning_score.train import train
+    from lightning_score.training.run import train
 
     train(cfg)  # prints a summary of the run when it ends
     return 0

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
-    from lightning_score.classifier import (
+    from lightning_score.conditioning.classifier import (
         load_classifier,
         load_classifier_config,
         train_classifier,

@@ -22,13 +22,13 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
-from lightning_score.reliability import ReportsSteps
+from lightning_score.training.reliability import ReportsSteps
 
 
 class EMA(WeightAveraging):
     """EMA of parameters and floating-point buffers (non-floating buffers are copied).
 
-    A step that :class:`~lightning_score.reliability.NonFiniteGuard` dropped
+    A step that :class:`~lightning_score.training.reliability.NonFiniteGuard` dropped
     (``StepState.skipped`` is 1) leaves the average as it was, decided on the device.
     """
 

@@ -13,9 +13,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from lightning_score.evaluation.inception import FeatureExtractor, InceptionUnavailableError
+from lightning_score.evaluation.reference import ReferenceStats
 from lightning_score.images import to_uint8
-from lightning_score.metrics.inception import FeatureExtractor, InceptionUnavailableError
-from lightning_score.metrics.reference import ReferenceStats
 
 METRIC_NAMES = ("fid", "is", "kid")
 

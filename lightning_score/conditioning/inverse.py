@@ -1,5 +1,5 @@
 """Inverse problems y = A x + e with an unconditional score model: inpainting, colorization,
-super-resolution, compressive sensing, deblurring (operators in ``lightning_score.operators``).
+super-resolution, compressive sensing, deblurring (operators in ``lightning_score.conditioning.operators``).
 
 Two methods, both composing with the samplers without copying them:
 
@@ -13,7 +13,7 @@ Two methods, both composing with the samplers without copying them:
   (``sampling.resample_jump`` / ``resample_repeats``, pc only) reduces that error. It needs a
   fixed-grid sampler: the adaptive ODE refuses it.
 * ``dps`` (noisy y, any sampler including the adaptive ODE): the measurement gradient of
-  :func:`lightning_score.guidance.measurement_guided`.
+  :func:`lightning_score.conditioning.guidance.measurement_guided`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_score.conditioning import Condition, sample_conditioned
-from lightning_score.config import SamplingConfig
-from lightning_score.guidance import measurement_guided
-from lightning_score.operators import (
+from lightning_score.conditioning.batches import Condition, sample_conditioned
+from lightning_score.conditioning.guidance import measurement_guided
+from lightning_score.conditioning.operators import (
     AveragePool,
     Blur,
     Colorization,
@@ -40,6 +39,7 @@ from lightning_score.operators import (
     RandomProjection,
     gaussian_kernel,
 )
+from lightning_score.config import SamplingConfig
 from lightning_score.sampling import SampleResult
 from lightning_score.sampling.base import kernel, noise_like
 from lightning_score.sde import SDE, ScoreFn
@@ -309,7 +309,7 @@ def save_restoration(result: Restoration, out_dir: Path, title: str, rows: int =
     input; ``truth``, ``observation`` likewise; ``measurement`` as floats), ``restoration.png``
     (the first ``rows`` inputs: truth | observation | samples) and ``metrics.json``; each file
     whole or not at all."""
-    from lightning_score.figures import restoration_figure
+    from lightning_score.conditioning.figures import restoration_figure
     from lightning_score.images import to_uint8_nhwc
     from lightning_score.outputs import atomic_path, write_text
 

@@ -20,14 +20,13 @@ Why the numbers here are comparable with the literature:
 * Metric names carry the sample count (``fid_50k``): FID is biased upwards for small counts.
 """
 
-from lightning_score.images import to_uint8
-from lightning_score.metrics.image_metrics import (
+from lightning_score.evaluation.image_metrics import (
     METRIC_NAMES,
     FrechetDistance,
     ImageMetrics,
     count_suffix,
 )
-from lightning_score.metrics.inception import (
+from lightning_score.evaluation.inception import (
     INCEPTION_DIM,
     INSTALL_HINT,
     FeatureExtractor,
@@ -36,14 +35,15 @@ from lightning_score.metrics.inception import (
     fid_helper_weights_path,
     load_inception,
 )
-from lightning_score.metrics.reference import (
+from lightning_score.evaluation.reference import (
     ReferenceStats,
     cached_reference_stats,
     compute_reference_stats,
     default_cache_dir,
     images_content_key,
 )
-from lightning_score.metrics.sliced import sliced_wasserstein
+from lightning_score.evaluation.sliced import sliced_wasserstein
+from lightning_score.images import to_uint8
 
 __all__ = [
     "INCEPTION_DIM",

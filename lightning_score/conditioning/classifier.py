@@ -3,7 +3,7 @@ and app. I; the official JAX code's time-dependent classifier).
 
 It is trained with cross-entropy on perturbed data x_t = alpha(t) x_0 + std(t) z from the same
 SDE as the score model it guides, so its gradient grad_x log p_t(y | x_t) is the term Bayes'
-rule adds to the score (:func:`lightning_score.guidance.classifier_guided`). The network is a
+rule adds to the score (:func:`lightning_score.conditioning.guidance.classifier_guided`). The network is a
 small ResNet of the NCSN++ blocks; it sees its input scaled to unit variance at every noise level
 and the noise level as ln(sigma) / 4 (EDM's preconditioning, ``EDMParameterization``), so one
 design serves every SDE.
@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_score.checkpoint import CheckpointError, load_checkpoint
 from lightning_score.config import (
     ClassifierConfig,
     ExperimentConfig,
@@ -42,6 +41,7 @@ from lightning_score.nets.layers import FourierEmbedding, Resample, ResBlock, co
 from lightning_score.nets.layers import linear as dense
 from lightning_score.parameterization import EDMParameterization
 from lightning_score.sde import SDE, batch_broadcast, build_sde, validate_sde_config
+from lightning_score.training.checkpoint import CheckpointError, load_checkpoint
 
 MODEL_PREFIX = "classifier."
 #: the noise-level samplers that make sense for a classifier (importance sampling belongs to the
@@ -220,8 +220,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     ``config.yaml``, ``checkpoints/last.ckpt`` and ``logs/``. A run directory that already
     holds checkpoints is refused (nothing is overwritten)."""
     from lightning_score.data import build_datamodule
-    from lightning_score.loggers import build_logger
-    from lightning_score.reliability import AtomicCheckpointIO, RunCheckpoint
+    from lightning_score.training.loggers import build_logger
+    from lightning_score.training.reliability import AtomicCheckpointIO, RunCheckpoint
 
     existing = sorted((cfg.run_dir / "checkpoints").glob("*.ckpt"))
     require(

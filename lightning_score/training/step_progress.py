@@ -17,10 +17,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from lightning_score.callbacks_logging import LossProgressBar
 from lightning_score.config import ExperimentConfig
 from lightning_score.progress import LogLines, is_terminal
 from lightning_score.sampling.cost import format_duration
+from lightning_score.training.logging_callbacks import LossProgressBar
 
 STEP_BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 STEP_LINE_FORMAT = (

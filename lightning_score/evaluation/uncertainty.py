@@ -87,7 +87,7 @@ def paired_bootstrap(
 def sliced_wasserstein_statistic(samples: Sequence[Tensor], reference: Tensor) -> Statistic:
     """Sliced Wasserstein distance of each setting's projected samples (n, P) to the projected
     reference (m, P), on resampled rows (the first min(n, m) of each resample, as
-    :func:`~lightning_score.metrics.sliced.sliced_wasserstein`)."""
+    :func:`~lightning_score.evaluation.sliced.sliced_wasserstein`)."""
 
     def statistic(idx: Tensor, ref: Tensor) -> Tensor:
         n = min(idx.shape[1], ref.shape[1])

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_score.conditioning.operators import LinearOperator
 from lightning_score.nets.score import ScoreModel
-from lightning_score.operators import LinearOperator
 from lightning_score.sde import SDE, ScoreFn, batch_broadcast
 
 #: a noise-conditional classifier: logits of p_t(y | x_t), shape (B, classes)

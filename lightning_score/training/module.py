@@ -1,7 +1,7 @@
 """ScoreModule: trains a time-conditional score network with weighted continuous DSM.
 
 The module holds no data loading and no trainer logic. EMA comes from the
-:class:`~lightning_score.ema.EMA` callback (a Lightning ``WeightAveraging``), which swaps the
+:class:`~lightning_score.training.ema.EMA` callback (a Lightning ``WeightAveraging``), which swaps the
 averaged weights in for validation (so the validation loss and the sample grids use EMA weights)
 and stores them as the checkpoint's ``state_dict`` with the raw weights under
 ``current_model_state``. Each training step hands its loss and times to the callbacks that watch
@@ -24,7 +24,7 @@ from lightning_score.data import data_shape
 from lightning_score.experiment import build_score_model
 from lightning_score.losses import TIME_SAMPLERS, dsm_loss
 from lightning_score.nets import ScoreModel
-from lightning_score.reliability import StepState
+from lightning_score.training.reliability import StepState
 
 
 def bin_label(value: float) -> str:

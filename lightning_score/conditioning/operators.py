@@ -2,7 +2,7 @@
 
 Each operator knows A, its adjoint A^T, a pseudo-inverse A^+ and how to solve with
 (s I + r A A^T), which is all the projection hook and measurement guidance need
-(``lightning_score.inverse``, ``lightning_score.guidance``). Measurements keep a natural shape:
+(``lightning_score.conditioning.inverse``, ``lightning_score.conditioning.guidance``). Measurements keep a natural shape:
 a masked image, a grey image, a low-resolution image, a vector of projections, a blurred image.
 
 | operator | A | A A^T |

@@ -32,9 +32,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.nn import Module
 
-from lightning_score.callbacks import SampleGridCallback
-from lightning_score.callbacks_logging import logging_callbacks
-from lightning_score.checkpoint import (
+from lightning_score.config import ConfigError, ExperimentConfig, hardware_problem, save_config
+from lightning_score.data import build_datamodule
+from lightning_score.evaluation import ReferenceStats
+from lightning_score.experiment import grid_sampling
+from lightning_score.training.checkpoint import (
     ResumePoint,
     checkpoint_config,
     config_changes,
@@ -43,22 +45,20 @@ from lightning_score.checkpoint import (
     run_checkpoints,
     verify_checkpoint,
 )
-from lightning_score.config import ConfigError, ExperimentConfig, hardware_problem, save_config
-from lightning_score.data import build_datamodule
-from lightning_score.ema import EMA
-from lightning_score.experiment import grid_sampling
-from lightning_score.loggers import build_logger
-from lightning_score.metrics import ReferenceStats
-from lightning_score.module import ScoreModule
-from lightning_score.reliability import (
+from lightning_score.training.ema import EMA
+from lightning_score.training.loggers import build_logger
+from lightning_score.training.logging_callbacks import logging_callbacks
+from lightning_score.training.module import ScoreModule
+from lightning_score.training.reliability import (
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
     NonFiniteGuard,
     RunCheckpoint,
     remove_orphaned_temp_files,
 )
-from lightning_score.speed import CompileTimer, apply_speed_options
-from lightning_score.train_progress import StepProgressBar, run_summary
+from lightning_score.training.sample_grids import SampleGridCallback
+from lightning_score.training.speed import CompileTimer, apply_speed_options
+from lightning_score.training.step_progress import StepProgressBar, run_summary
 
 
 def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | ReferenceStats:
@@ -68,7 +68,7 @@ def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | Refe
     if ev.stats:
         return ev.stats
     from lightning_score.data import image_batches
-    from lightning_score.metrics import cached_reference_stats
+    from lightning_score.evaluation import cached_reference_stats
 
     batches = image_batches(cfg.data, cfg.seed, "train", ev.batch_size, ev.reference_num)
     with torch.no_grad():
@@ -87,8 +87,8 @@ def evaluation_callbacks(cfg: ExperimentConfig) -> list[Callback]:
     """FID / KID during training, unless off or never due (no Inception or statistics work)."""
     if not 0 < cfg.evaluation.every_n_steps <= cfg.trainer.max_steps:
         return []
-    from lightning_score.eval_callback import EvaluationCallback
-    from lightning_score.metrics import load_inception
+    from lightning_score.evaluation import load_inception
+    from lightning_score.evaluation.callback import EvaluationCallback
 
     ev = cfg.evaluation
     extractor = load_inception(need_logits="is" in ev.metrics)

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_score.classifier import NoiseConditionalClassifier, classify
-from lightning_score.conditioning import Condition, sample_conditioned
-from lightning_score.config import SamplingConfig
-from lightning_score.guidance import (
+from lightning_score.conditioning.batches import Condition, sample_conditioned
+from lightning_score.conditioning.classifier import NoiseConditionalClassifier, classify
+from lightning_score.conditioning.guidance import (
     class_labels,
     classifier_free_guided,
     classifier_guided,
     require_conditional,
 )
+from lightning_score.config import SamplingConfig
 from lightning_score.nets import ScoreModel
 
 
@@ -104,7 +104,7 @@ def save_class_samples(
     """``class_samples.npz`` (``arr_0`` uint8 NHWC, class by class; ``labels``), the grid
     ``class_grid.png`` (one row per class, named ``class_names``) and ``metrics.json``; each file
     whole or not at all."""
-    from lightning_score.figures import class_grid_figure
+    from lightning_score.conditioning.figures import class_grid_figure
     from lightning_score.images import to_uint8_nhwc
     from lightning_score.outputs import atomic_path, write_text
 

@@ -25,8 +25,8 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from lightning_score.config import SamplingConfig
+from lightning_score.evaluation import FeatureExtractor, ImageMetrics, ReferenceStats
 from lightning_score.images import to_uint8
-from lightning_score.metrics import FeatureExtractor, ImageMetrics, ReferenceStats
 
 
 class EvaluationCallback(L.Callback):
@@ -85,7 +85,7 @@ class EvaluationCallback(L.Callback):
         if getattr(pl_module, "is_image", True) is False:
             raise ValueError("FID / IS / KID need image data; this model is trained on points")
         if self.extractor is None:
-            from lightning_score.metrics import load_inception
+            from lightning_score.evaluation import load_inception
 
             self.extractor = load_inception(need_logits="is" in self.metric_names)
         stats = self.reference

@@ -33,7 +33,7 @@ from lightning_score.nets.score import ScoreModel
 from lightning_score.sde import SDE
 
 #: our paper configs, which describe the official runs (read from the repository's configs/)
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class OfficialCheckpointError(ValueError):

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_score.evaluation.inception import FeatureExtractor
 from lightning_score.images import to_uint8
-from lightning_score.metrics.inception import FeatureExtractor
 from lightning_score.progress import progress_bar
 
 

@@ -26,7 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_score.checkpoint import (
+from lightning_score.config import ExperimentConfig, to_dict
+from lightning_score.data import data_shape
+from lightning_score.experiment import from_dict
+from lightning_score.nets.score import ScoreModel
+from lightning_score.sde import SDES
+from lightning_score.training.checkpoint import (
     EXPORT_FILE,
     EXPORT_FORMAT,
     CheckpointError,
@@ -37,11 +42,6 @@ from lightning_score.checkpoint import (
     model_state,
     score_model_with,
 )
-from lightning_score.config import ExperimentConfig, to_dict
-from lightning_score.data import data_shape
-from lightning_score.experiment import from_dict
-from lightning_score.nets.score import ScoreModel
-from lightning_score.sde import SDES
 
 FORMATS = ("safetensors", "diffusers")
 #: why a formulation has no diffusers scheduler, where the reason is not just "none exists"

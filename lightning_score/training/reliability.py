@@ -40,9 +40,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from lightning_score.callbacks_logging import is_logging_step
-from lightning_score.checkpoint import is_loadable_checkpoint, load_checkpoint
 from lightning_score.outputs import file_mode
+from lightning_score.training.checkpoint import is_loadable_checkpoint, load_checkpoint
+from lightning_score.training.logging_callbacks import is_logging_step
 
 #: the exit status of a run stopped by SIGTERM after saving (128 + 15, as if killed by it): job
 #: schedulers that restart failed jobs must not mistake a preempted run for a finished one
