@@ -4,6 +4,9 @@ one's own with one's own callbacks and logger, EMA included."""
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -101,3 +104,24 @@ def test_own_trainer_fits_with_own_callbacks_logger_and_ema(tmp_path: Path) -> N
     trainer.save_checkpoint(path, weights_only=False)
     loaded = ScoreModule.load_from_checkpoint(path)
     assert all(torch.equal(v, _weights(loaded)[k]) for k, v in recorder.validated_with.items())
+
+
+def test_the_package_exports_its_python_names_lazily() -> None:
+    """``import lightning_score`` stays free of torch; each exported name resolves on first use."""
+    code = (
+        "import sys, lightning_score\n"
+        "print('torch after import:', 'torch' in sys.modules)\n"
+        "names = lightning_score.__all__\n"
+        "missing = [n for n in names if getattr(lightning_score, n, None) is None]\n"
+        "print('missing:', missing, 'pipeline:', lightning_score.ScorePipeline.__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert "torch after import: False" in result.stdout
+    assert "missing: [] pipeline: ScorePipeline" in result.stdout
+    import lightning_score
+
+    with pytest.raises(AttributeError, match="no attribute 'ScorePipelin'"):
+        lightning_score.ScorePipelin  # noqa: B018
