@@ -129,3 +129,16 @@ def test_class_labels_steer_a_class_conditional_model(tmp_path: Path) -> None:
     assert len(pipe(3, class_labels=4, **settings).samples) == 3
     with pytest.raises(ValueError, match="num=3 but 2 class labels"):
         pipe(3, class_labels=[1, 2])
+
+
+def test_a_diffusers_folder_gives_the_checkpoints_model(
+    pipe: ScorePipeline, checkpoint: Path, tmp_path: Path
+) -> None:
+    export(checkpoint, "diffusers", tmp_path / "hub")  # a DDPMPipeline folder
+    hub = ScorePipeline.from_pretrained(tmp_path / "hub", data="digits")
+    assert hub.config.sde == pipe.config.sde
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.1, 0.9])
+    with torch.no_grad():
+        assert torch.equal(hub.model(x, t), pipe.model(x, t))
+    settings = dict(sampler="euler", steps=3, seed=2)
+    assert torch.equal(hub(3, **settings).samples, pipe(3, **settings).samples)
