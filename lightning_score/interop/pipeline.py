@@ -110,8 +110,13 @@ class ScorePipeline:
     ) -> ScorePipeline:
         """A training checkpoint (``.ckpt``), an export (``lscore export``) or a diffusers folder
         (UNet2DModel and scheduler; ``data`` names the data set it was trained on, as
-        ``lscore convert --data``). ``ema``: the EMA weights (``False``: the raw ones)."""
+        ``lscore convert --data``), local or a Hub repo id (OWNER/NAME, fetched with
+        ``huggingface_hub``). ``ema``: the EMA weights (``False``: the raw ones)."""
         path = Path(path)
+        if not path.exists() and len(path.parts) == 2 and not path.is_absolute():
+            from lightning_score.interop.hub import download  # OWNER/NAME: a Hub repo
+
+            path = download(str(path))
         if path.is_dir() and export_file(path) is None:
             from lightning_score.interop.diffusers_models import diffusers_experiment
 

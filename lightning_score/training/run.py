@@ -104,6 +104,9 @@ def evaluation_callbacks(cfg: ExperimentConfig) -> list[Callback]:
             batch_size=ev.batch_size,
             seed=cfg.seed,
             extractor=extractor,
+            reference_set=f"statistics file {ev.stats}"
+            if ev.stats
+            else f"{cfg.data.name} training split, {ev.reference_num or 'all'} images",
         )
     ]
 
