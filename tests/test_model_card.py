@@ -172,3 +172,31 @@ def test_pipeline_from_an_unreachable_hub_repo_is_refused_in_one_line(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match="neither a local path nor a Hub repo that can be fetched"):
         ScorePipeline.from_pretrained("me/not-cached")
+
+
+def test_weights_converted_from_score_sde_pytorch_are_credited_to_their_authors(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["converted_from"] = {"path": "/x/checkpoint_26.pth", "config": "vp/digits", "step": 26}
+    torch.save(ckpt, tmp_path / "converted.ckpt")
+    out = tmp_path / "export"
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "converted.ckpt"),
+                "--format",
+                "safetensors",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    _, body = _card(out)
+    assert "converted from the score_sde_pytorch checkpoint `checkpoint_26.pth`" in body
+    assert "(official config `vp/digits`, step 26)" in body and "not by lightning-score" in body
+    assert "trained with lightning-score" not in body
