@@ -67,15 +67,15 @@ def test_log_likelihood_is_that_of_lscore_likelihood(
 ) -> None:
     out = tmp_path / "bpd.json"
     tolerances = ["--rtol", "1e-2", "--atol", "1e-2"]
-    args = ["likelihood", str(checkpoint), "--num", "3", "--repeats", "1", "--out", str(out)]
-    main([*args, "--split", "test", "--batch-size", "3", "--no-progress", *tolerances])
+    args = ["likelihood", str(checkpoint), "--num", "2", "--repeats", "1", "--out", str(out)]
+    main([*args, "--split", "test", "--batch-size", "2", "--no-progress", *tolerances])
     report = json.loads(out.read_text())
     cfg = pipe.config
     dm = build_datamodule(dataclasses.replace(cfg.data, random_flip=False), cfg.seed)
     dm.setup()
-    x = torch.stack([dm.val_set[i][0] for i in range(3)])
+    x = torch.stack([dm.val_set[i][0] for i in range(2)])
     result = pipe.log_likelihood((x * 255).round().to(torch.uint8), rtol=1e-2, atol=1e-2)
-    assert result.bpd.shape == (3,)
+    assert result.bpd.shape == (2,)
     assert float(result.bpd.mean()) == pytest.approx(report["bpd"], abs=1e-6)
     assert result.nfe == report["nfe"]
 
