@@ -142,3 +142,28 @@ def test_a_diffusers_folder_gives_the_checkpoints_model(
         assert torch.equal(hub.model(x, t), pipe.model(x, t))
     settings = dict(sampler="euler", steps=3, seed=2)
     assert torch.equal(hub(3, **settings).samples, pipe(3, **settings).samples)
+
+
+def test_colorize_is_lscore_colorize_from_colour_or_grey_input(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    gen = np.random.default_rng(0)
+    for i in range(24):  # an RGB image folder: the "folder" data set
+        Image.fromarray(gen.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(pictures / f"{i}.png")
+    ckpt = tiny_quickstart_checkpoint(
+        tmp_path / "run", "data.name=folder", f"data.root={pictures}", "data.batch_size=8"
+    )
+    pipe = ScorePipeline.from_pretrained(ckpt)
+    assert pipe.data_shape == (3, 8, 8)
+    args = ["colorize", str(ckpt), "--input", "val", "--num-images", "2", "--samples", "2"]
+    assert main([*args, "--steps", "4", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    with np.load(tmp_path / "c" / "restoration.npz") as data:
+        theirs = _nchw(data["arr_0"])
+    truth = load_images("val", pipe.data_shape, 2, data=pipe.config.data, seed=pipe.config.seed)
+    grey = truth.mean(1, keepdim=True)  # a grey input works as well as a colour one
+    out = pipe.colorize(truth, samples_per_input=2, steps=4)
+    assert torch.equal(out.uint8, theirs)
+    from_grey = pipe.colorize(grey, samples_per_input=2, steps=4).samples  # equal up to rounding
+    assert torch.allclose(from_grey, out.samples, atol=1e-4)
