@@ -20,14 +20,15 @@ def to_data_space(sde: SDE, samples: Tensor) -> Tensor:
     return sde.unscale_data(samples).clamp(0, 1) if samples.dim() == 4 else samples
 
 
-def to_uint8(images: Tensor) -> Tensor:
-    """Images in [0, 1] (N, C, H, W) to uint8 RGB: rounded (data from uint8 maps back exactly),
-    clamped, and grey images repeated to 3 channels as the Inception network expects."""
+def to_uint8(images: Tensor, rgb: bool = True) -> Tensor:
+    """Images in [0, 1] (N, C, H, W) to uint8: rounded (data from uint8 maps back exactly),
+    clamped, and with ``rgb`` grey images repeated to 3 channels as the Inception network
+    expects."""
     if images.dtype != torch.uint8:
         images = (images.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    return images.expand(-1, 3, -1, -1) if rgb and images.shape[1] == 1 else images
 
 
 def to_uint8_nhwc(images01: Tensor) -> np.ndarray:

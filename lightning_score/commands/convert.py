@@ -115,7 +115,7 @@ def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Pat
 def convert_diffusers(args: argparse.Namespace) -> int:
     """A diffusers folder -> our safetensors export."""
     from lightning_score.interop.diffusers_models import diffusers_experiment
-    from lightning_score.interop.export import Trained, write_safetensors
+    from lightning_score.interop.export import Trained, diffusers_provenance, write_safetensors
     from lightning_score.training.checkpoint import score_model_with
 
     if not args.data:
@@ -129,7 +129,7 @@ def convert_diffusers(args: argparse.Namespace) -> int:
     data = [f"data.name={args.data}"] + ([f"data.root={args.data_root}"] if args.data_root else [])
     cfg, state = diffusers_experiment(source, data)
     model = score_model_with(cfg, state, source).eval()
-    write_safetensors(Trained(model, cfg, "ema", None, source), out)
+    write_safetensors(Trained(model, cfg, "ema", None, source, diffusers_provenance(source)), out)
     print(f"wrote {out}: {cfg.sde.name} SDE, {cfg.model.parameterization} row, data {args.data}")
     return 0
 

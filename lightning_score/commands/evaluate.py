@@ -269,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stats is not None:
         stats = ReferenceStats.load(args.stats, expected_dim=extractor.num_features)
         info["reference"] = str(args.stats)
+        info["reference_set"] = f"statistics file {args.stats}"
     else:
         batches = image_batches(exp.data, exp.seed, "train", args.batch_size)
         with torch.no_grad():
@@ -282,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
                 num_images=len(batches),
             )
         info["reference"] = str(path)
+        info["reference_set"] = f"{exp.data.name} training split, {len(batches)} images"
     metrics.set_reference(stats)
     first: Tensor | None = None
     for chunk in chunks:
@@ -290,7 +292,9 @@ def run(args: argparse.Namespace) -> int:
             metrics.update(part.to(device))
     values = metrics.compute()
     info.update(
-        metrics=values, extractor=f"{extractor.name} ({getattr(extractor, 'source', 'custom')})"
+        num_samples=count,
+        metrics=values,
+        extractor=f"{extractor.name} ({getattr(extractor, 'source', 'custom')})",
     )
     if nfes:
         info["nfe"] = sum(nfes) / len(nfes)

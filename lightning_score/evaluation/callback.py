@@ -32,7 +32,8 @@ from lightning_score.images import to_uint8
 class EvaluationCallback(L.Callback):
     """Sample ``num_samples`` images over all ranks every ``every_n_steps`` steps; log the metrics.
 
-    ``reference``: a stats file from ``lscore stats`` (or loaded :class:`ReferenceStats`).
+    ``reference``: a stats file from ``lscore stats`` (or loaded :class:`ReferenceStats`);
+    ``reference_set`` says what they describe (default: the file's name).
     ``extractor``: defaults to the standard Inception network (``load_inception``).
     Writes ``eval_step{step}.json`` and ``eval_step{step}.png`` under ``out_dir`` (rank 0), and
     with ``save_samples`` each rank's uint8 samples as ``eval_step{step}_rank{r}.npz``.
@@ -52,6 +53,7 @@ class EvaluationCallback(L.Callback):
         grid: int = 64,
         save_samples: bool = False,
         kid_subset_size: int = 1000,
+        reference_set: str | None = None,
     ) -> None:
         super().__init__()
         if every_n_steps <= 0 or num_samples < 2:
@@ -71,6 +73,10 @@ class EvaluationCallback(L.Callback):
         self.grid = grid
         self.save_samples = save_samples
         self.kid_subset_size = kid_subset_size
+        #: what the reference statistics describe, recorded beside the metrics (model cards)
+        self.reference_set = reference_set or (
+            None if isinstance(reference, ReferenceStats) else f"statistics file {reference}"
+        )
         self.metrics: ImageMetrics | None = None
         self._last_evaluated = 0
 
@@ -106,7 +112,13 @@ class EvaluationCallback(L.Callback):
         for name, value in values.items():
             pl_module.log(name, value, rank_zero_only=True)
         if trainer.is_global_zero:
-            record = {"step": step, "metrics": values, "nfe": nfe, "num_samples": self.num_samples}
+            record = {
+                "step": step,
+                "metrics": values,
+                "nfe": nfe,
+                "num_samples": self.num_samples,
+                "reference_set": self.reference_set,
+            }
             (self.out_dir / f"eval_step{step:07d}.json").write_text(json.dumps(record, indent=2))
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -103,11 +104,27 @@ def evaluation_callbacks(cfg: ExperimentConfig) -> list[Callback]:
             batch_size=ev.batch_size,
             seed=cfg.seed,
             extractor=extractor,
+            reference_set=f"statistics file {ev.stats}"
+            if ev.stats
+            else f"{cfg.data.name} training split, {ev.reference_num or 'all'} images",
         )
     ]
 
 
+def method_callbacks(cfg: ExperimentConfig) -> list[Callback]:
+    """What the config's training method needs in any Trainer: the guard against non-finite
+    steps and, with ``ema.enabled``, the EMA (which swaps the average in for validation and
+    stores it in checkpoints). Callbacks that should see the EMA weights at validation go
+    before these in the Trainer's list."""
+    callbacks: list[Callback] = [NonFiniteGuard(cfg.trainer.nonfinite)]
+    if cfg.ema.enabled:
+        callbacks.append(EMA(decay=cfg.ema.decay))
+    return callbacks
+
+
 def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
+    """The run's callbacks: checkpoints, logging, progress, sample grids, evaluation and the
+    method's own (:func:`method_callbacks`)."""
     callbacks: list[Callback] = [
         RunCheckpoint(
             dirpath=str(cfg.run_dir / "checkpoints"),
@@ -118,7 +135,6 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
             save_last=True,
             enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
         ),
-        NonFiniteGuard(cfg.trainer.nonfinite),
         LearningRateMonitor(logging_interval="step"),
         *logging_callbacks(cfg),
         StepProgressBar(refresh_rate=10),
@@ -134,18 +150,14 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
     ]
     if cfg.trainer.compile != "none":
         callbacks.append(CompileTimer(cfg.trainer.compile))
-    if cfg.ema.enabled:
-        callbacks.append(EMA(decay=cfg.ema.decay))
-    return callbacks
+    return [*callbacks, *method_callbacks(cfg)]
 
 
-def build_trainer(
-    cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), resume_step: int = 0
-) -> L.Trainer:
-    """The Trainer for ``cfg``; ``callbacks`` are added to the configured ones; ``resume_step``
-    is the step a resumed run continues from (its log is continued from there)."""
+def trainer_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config's ``trainer`` section as ``L.Trainer`` keyword arguments (steps, devices,
+    precision, gradient clipping, validation schedule), for a Trainer of one's own."""
     t = cfg.trainer
-    return L.Trainer(
+    return dict(
         default_root_dir=str(cfg.run_dir),
         max_steps=t.max_steps,
         max_epochs=-1,
@@ -162,10 +174,20 @@ def build_trainer(
         limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
+        num_sanity_val_steps=0,
+    )
+
+
+def build_trainer(
+    cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), resume_step: int = 0
+) -> L.Trainer:
+    """The Trainer for ``cfg``; ``callbacks`` are added to the configured ones; ``resume_step``
+    is the step a resumed run continues from (its log is continued from there)."""
+    return L.Trainer(
+        **trainer_settings(cfg),
         logger=build_logger(cfg, resume_step),
         callbacks=[*build_callbacks(cfg), *callbacks],
         plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0,
     )
 
 
