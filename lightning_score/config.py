@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
 
 #: ``trainer.compile`` values: no compilation, or a ``torch.compile`` mode
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -367,7 +367,17 @@ def _merge_overrides(merged: Any, overrides: list[str] | None, schema: DictConfi
 
 
 def _to_config(merged: Any) -> ExperimentConfig:
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    """The dataclass config, with an interpolation (``${...}``) that does not resolve reported
+    in one line that names its key."""
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except InterpolationResolutionError as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(
+            f"config entry '{key}' holds an interpolation that does not resolve ({reason}): "
+            "give it a value, or a ${other.key} that exists"
+        ) from None
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -31,12 +31,29 @@ class Ranks:
         return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
 
 
+def launcher_int(name: str, default: int) -> int:
+    """The whole number a launcher put in the environment variable ``name`` (``default`` when
+    unset), refused in one line when it is not one."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < (1 if name == "WORLD_SIZE" else 0):
+        raise ValueError(
+            f"{name}={value!r} in the environment is not a valid {name}: unset it, or start the "
+            "processes with a launcher that sets it (torchrun)"
+        )
+    return number
+
+
 @contextmanager
 def process_group() -> Iterator[Ranks]:
     """The ranks torchrun set (WORLD_SIZE, RANK, LOCAL_RANK), with a gloo group while inside."""
-    env = os.environ
     ranks = Ranks(
-        int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+        launcher_int("RANK", 0), launcher_int("WORLD_SIZE", 1), launcher_int("LOCAL_RANK", 0)
     )
     started = ranks.world_size > 1 and not dist.is_initialized()
     if started:
