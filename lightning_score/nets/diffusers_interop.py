@@ -162,12 +162,8 @@ def scheduler_config(source: str | Path) -> dict[str, Any] | None:
     """The scheduler config next to the UNet (either layout), or None when there is none."""
     if Path(source).is_dir():
         sub = _local_subfolder(Path(source), "scheduler_config.json", "scheduler")
-        if sub is not None:
-            return _read_json(Path(source) / sub / "scheduler_config.json")
-        return None
-    else:
-        subs = ["", "scheduler"]
-    for sub in subs:
+        return None if sub is None else _read_json(Path(source) / sub / "scheduler_config.json")
+    for sub in ("", "scheduler"):
         try:
             # any scheduler class reads any scheduler_config.json; _class_name says whose it is
             return dict(DDPMScheduler.load_config(str(source), subfolder=sub or None))
@@ -187,14 +183,19 @@ def load_diffusers_unet(source: str | Path) -> UNet2DModel:
             )
         check_local_unet(Path(source) / sub)
         try:  # safetensors only: a pickled .bin is never opened, since unpickling can run code
-            return UNet2DModel.from_pretrained(str(source), subfolder=sub or None,
-                                               use_safetensors=True)  # fmt: skip
+            return UNet2DModel.from_pretrained(
+                str(source), subfolder=sub or None, use_safetensors=True
+            )
         except (OSError, RuntimeError, ValueError) as err:
-            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["?"]
+            mismatch = next((line for line in lines if "size mismatch" in line), None)
+            if mismatch is None:
+                raise ValueError(
+                    f"diffusers cannot load {Path(source) / sub}: {lines[0]}"
+                ) from None
             raise ValueError(
-                f"the weights in {Path(source) / sub} do not fit its config.json "
-                f"({first or str(err).splitlines()[0]}): the config was edited or belongs to "
-                "another model; download the folder again"
+                f"the weights in {Path(source) / sub} do not fit its config.json ({mismatch}): "
+                "the config was edited or belongs to another model; download the folder again"
             ) from None
     try:
         return UNet2DModel.from_pretrained(str(source))

@@ -264,8 +264,12 @@ class LoadedModel:
 
     def record(self) -> dict[str, Any]:
         """What an output JSON records of the weights that made it."""
-        return {"checkpoint": self.source, "step": self.step, "ema": self.ema,
-                "weights_sha256": self.sha256}  # fmt: skip
+        return {
+            "checkpoint": self.source,
+            "step": self.step,
+            "ema": self.ema,
+            "weights_sha256": self.sha256,
+        }
 
 
 def load_model(
