@@ -243,3 +243,33 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(
     assert main(["sample", str(exported), "--out", str(tmp_path / "s"), "--num", "2",
                  "--sampler", "euler", "--steps", "2", "--no-progress"]) == 0  # fmt: skip
     assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape[0] == 2
+
+
+def test_evaluate_records_the_weights_of_a_checkpoint_and_of_merged_samples(
+    checkpoint, tmp_path, monkeypatch
+) -> None:
+    from ddp_eval_script import TinyExtractor
+    from tiny_checkpoint import ROOT
+
+    from lightning_score import evaluation
+
+    monkeypatch.setattr(evaluation, "load_inception", lambda *a, **k: TinyExtractor())
+    monkeypatch.setenv("LSCORE_CACHE_DIR", str(tmp_path / "cache"))
+    expected = weights_digest(load_model(checkpoint).model.state_dict())
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(checkpoint), "--num", "4", "--sample-batch-size", "4"]
+    flags = ["--sampler", "euler", "--steps", "2", "--metrics", "fid", "--no-progress"]
+    assert main([*argv, *flags, "--out", str(out)]) == 0
+    (written,) = out.glob("last_fid_4_*.json")
+    record = json.loads(written.read_text())
+    assert (record["ema"], record["weights_sha256"]) == (True, expected)
+    assert record["step"] == torch.load(checkpoint, weights_only=True)["global_step"]
+
+    for rank in (0, 1):
+        sample(checkpoint, tmp_path / "s", "--rank", str(rank), "--world-size", "2")
+    assert main(["merge", str(tmp_path / "s")]) == 0
+    merged = tmp_path / "s" / "samples.npz"
+    assert main(["evaluate", str(merged), "--data-config", str(ROOT / "configs" / "quickstart.yaml"),
+                 "--metrics", "fid", "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    from_npz = json.loads((out / "samples_fid_3.json").read_text())
+    assert (from_npz["weights_sha256"], from_npz["step"]) == (expected, record["step"])

@@ -108,6 +108,17 @@ def sampling_overrides(exp: ExperimentConfig, overrides: list[str]) -> Experimen
     return with_overrides(exp, overrides)
 
 
+def _recorded_weights(samples: Path) -> dict[str, Any]:
+    """Which weights drew the samples in ``samples``, from the JSON that ``lscore sample`` or
+    ``lscore merge`` wrote beside it (nothing when there is none)."""
+    try:
+        record = json.loads(samples.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("checkpoint", "step", "ema", "weights_sha256")
+    return {k: record[k] for k in keys if isinstance(record, dict) and k in record}
+
+
 def _npz_images(path: Path, num: int | None) -> Tensor:
     import numpy as np
     import torch
@@ -238,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("an .npz source needs --stats FILE.npz or --data-config CONFIG")
         exp = load_config(args.data_config) if args.data_config else None
         images = _npz_images(args.source, args.num)
+        info.update(_recorded_weights(args.source))
         count = images.shape[0]
         chunks: Iterator[Tensor] = _counted_images(images, args.batch_size, args.progress)
     else:
