@@ -210,3 +210,22 @@ def test_inputs_in_numpy_format_still_load(tmp_path) -> None:
     with load_numpy(tmp_path / "a.npz") as data:
         assert data["images"].shape == (2, 8, 8)
     assert load_numpy(tmp_path / "b.npy").sum() == 3
+
+
+def test_launcher_variable_read_while_importing_lightning_is_one_line(checkpoint, tmp_path) -> None:
+    """Lightning and torchmetrics parse RANK / LOCAL_RANK as they are imported: in a fresh
+    process the check must come before that import."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOCAL_RANK": "abc", "RANK": "1x"}
+    argv = [sys.executable, "-m", "lightning_score.cli", "sample", str(checkpoint)]
+    done = subprocess.run(
+        [*argv, "--out", str(tmp_path / "s")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "lscore sample: error: RANK='1x' in the environment is not a valid RANK: unset it, or "
+        "start the processes with a launcher that sets it (torchrun)"
+    ]

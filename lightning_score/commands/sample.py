@@ -136,7 +136,7 @@ def resolve_device(name: str | None) -> torch.device:
 
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    from lightning_score.evaluation.distributed import launcher_int
+    from lightning_score.config import launcher_int
 
     if name == "cuda" and os.environ.get("LOCAL_RANK"):
         name = f"cuda:{launcher_int('LOCAL_RANK', 0)}"
@@ -198,8 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from lightning_score.config import launcher_int
     from lightning_score.data import data_examples, data_shape
-    from lightning_score.evaluation.distributed import launcher_int
     from lightning_score.images import save_grid, to_data_space, to_uint8_nhwc
     from lightning_score.sampling.generate import generate, rank_share
     from lightning_score.training.checkpoint import load_model

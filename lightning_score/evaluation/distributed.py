@@ -9,13 +9,14 @@ different numbers of steps.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from lightning_score.config import launcher_int
 
 
 @dataclass(frozen=True)
@@ -29,24 +30,6 @@ class Ranks:
         if name:
             return torch.device(name)
         return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
-
-
-def launcher_int(name: str, default: int) -> int:
-    """The whole number a launcher put in the environment variable ``name`` (``default`` when
-    unset), refused in one line when it is not one."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < (1 if name == "WORLD_SIZE" else 0):
-        raise ValueError(
-            f"{name}={value!r} in the environment is not a valid {name}: unset it, or start the "
-            "processes with a launcher that sets it (torchrun)"
-        )
-    return number
 
 
 @contextmanager
