@@ -59,13 +59,14 @@ def _read_shard(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         )
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "arr_0" not in data.files:
-                raise ShardError(f"{path} holds {data.files}, expected samples under 'arr_0'")
-            samples = data["arr_0"]
+            names = data.files
+            samples = data["arr_0"] if "arr_0" in names else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ShardError(
             f"{path} is truncated or not an .npz of samples ({type(err).__name__}): {rerun}"
         ) from None
+    if samples is None:
+        raise ShardError(f"{path} holds {names}, expected samples under 'arr_0'")
     if len(samples) != meta.get("num"):
         raise ShardError(f"{path} holds {len(samples)} samples, its JSON says {meta.get('num')}")
     return samples, meta

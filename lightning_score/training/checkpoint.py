@@ -22,10 +22,11 @@ the highest step stored inside it that verifies, with the reasons the others wer
 File times play no part: a copied or restored run directory has meaningless ones.
 
 Provenance: :func:`weights_digest` is a SHA-256 of the model's weights (names, dtypes, shapes and
-bytes), the same for a checkpoint and its export. An export stores it in its metadata and every
-load recomputes and compares it (safetensors has no checksum of its own); every sample, evaluate,
-likelihood and ablate output records it with the step and EMA / raw (:class:`LoadedModel`), so
-that ``lscore merge`` can refuse shards drawn from different weights.
+bytes), the same for a checkpoint and its export. An export stores a SHA-256 of it and of its
+metadata (:func:`export_checksum`) that every load recomputes and compares (safetensors has no
+checksum of its own); every sample, evaluate, likelihood and ablate output records the digest
+with the step and EMA / raw (:class:`LoadedModel`), so that ``lscore merge`` can refuse shards
+drawn from different weights.
 """
 
 from __future__ import annotations
