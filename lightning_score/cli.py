@@ -86,9 +86,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
+    from lightning_score.config import check_launcher_environment
     from lightning_score.quiet import silence_known_noise
 
     silence_known_noise()
+    try:  # before anything imports Lightning, which reads these variables as it is imported
+        check_launcher_environment()
+    except ValueError as err:
+        print(f"lscore {args.command}: error: {err}", file=sys.stderr)
+        return 2
     try:
         return int(modules[args.command].run(args) or 0)
     except _user_errors() as err:

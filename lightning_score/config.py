@@ -13,13 +13,14 @@ here by :func:`check_run_sections`.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
 
 #: ``trainer.compile`` values: no compilation, or a ``torch.compile`` mode
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -367,7 +368,17 @@ def _merge_overrides(merged: Any, overrides: list[str] | None, schema: DictConfi
 
 
 def _to_config(merged: Any) -> ExperimentConfig:
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    """The dataclass config, with an interpolation (``${...}``) that does not resolve reported
+    in one line that names its key."""
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except InterpolationResolutionError as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(
+            f"config entry '{key}' holds an interpolation that does not resolve ({reason}): "
+            "give it a value, or a ${other.key} that exists"
+        ) from None
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -557,3 +568,38 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
         g.every_n_steps > 0, f"sample_grid.every_n_steps must be positive, got {g.every_n_steps}"
     )
     require_choice(cfg.logger.name, {"csv", "tensorboard", "wandb"}, "logger.name")
+
+
+def launcher_int(name: str, default: int) -> int:
+    """The whole number a launcher put in the environment variable ``name`` (``default`` when
+    unset), refused in one line when it is not one."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < (1 if name == "WORLD_SIZE" else 0):
+        raise ValueError(
+            f"{name}={value!r} in the environment is not a valid {name}: unset it, or start the "
+            "processes with a launcher that sets it (torchrun)"
+        )
+    return number
+
+
+#: rank variables of launchers (torchrun, SLURM), which Lightning and torchmetrics parse as they
+#: are imported: one that is not a number would surface as a traceback from inside that import
+LAUNCHER_VARIABLES = {
+    "WORLD_SIZE": 1,
+    "RANK": 0,
+    "LOCAL_RANK": 0,
+    "NODE_RANK": 0,
+    "SLURM_PROCID": 0,
+}
+
+
+def check_launcher_environment() -> None:
+    """Refuse, in one line, a launcher variable that is set but not a valid number."""
+    for name, default in LAUNCHER_VARIABLES.items():
+        launcher_int(name, default)

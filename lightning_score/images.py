@@ -3,8 +3,9 @@ images, scatter plots of 2-D points). Every sample grid of the project is drawn 
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -91,3 +92,23 @@ def save_grid(
     grid = image_grid(samples)
     save_image(grid, path)
     return grid
+
+
+def load_numpy(path: str | Path) -> Any:
+    """``np.load`` of an ``.npz`` archive or an ``.npy`` array that never unpickles, refusing in
+    one line a file of another kind (numpy's own error suggests ``allow_pickle=True``, which
+    would let the file run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass an existing .npz or .npy file")
+    if path.suffix == ".npz":
+        ok, kind = zipfile.is_zipfile(path), "an .npz archive (numpy's savez)"
+    else:
+        with open(path, "rb") as fh:
+            ok, kind = fh.read(6) == b"\x93NUMPY", "an .npy array (numpy's save)"
+    if not ok:
+        raise ValueError(
+            f"{path} is not {kind}: it is text, another format or truncated; pass a file "
+            "written by numpy or by an lscore command"
+        )
+    return np.load(path, allow_pickle=False)

@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.sampling import check_sampling
     from lightning_score.sampling.cost import estimate_sampling, format_duration
     from lightning_score.sampling.generate import generate
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_model
     from lightning_score.training.speed import for_sampling
 
     check_positive("--num", args.num)
@@ -359,8 +359,8 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     check_outputs([args.out / name for name in OUTPUTS], args.overwrite, [Path(args.checkpoint)])
-    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
-    model = for_sampling(model, args.compile, args.bf16)
+    loaded = load_model(args.checkpoint, ema=args.ema, map_location=device)
+    model, exp = for_sampling(loaded.model, args.compile, args.bf16), loaded.config
     shape = data_shape(exp.data)
     settings = parse_settings(args.samplers, exp.sampling)
     for _, cfg in settings:  # refuse bad settings before spending time on the good ones
@@ -420,7 +420,12 @@ def run(args: argparse.Namespace) -> int:
                 f"± {row[quality.name + '_stderr']:.2g}"
             )
         print("\n".join(notes))
-    write_outputs(rows, quality.name, args.out, notes, num=args.num)
+    record = loaded.record()
+    weights = (
+        f"Weights: `{record['checkpoint']}`, step {record['step']}, "
+        f"{'EMA' if record['ema'] else 'raw'}, SHA-256 `{record['weights_sha256']}`."
+    )
+    write_outputs(rows, quality.name, args.out, [*notes, weights], num=args.num)
     from lightning_score.training.loggers import report_to_wandb  # no-op unless W&B is in use
 
     plot, table = {"ablation/quality_vs_nfe": args.out / "ablation.png"}, {"ablation/results": rows}

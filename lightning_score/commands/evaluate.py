@@ -108,11 +108,24 @@ def sampling_overrides(exp: ExperimentConfig, overrides: list[str]) -> Experimen
     return with_overrides(exp, overrides)
 
 
+def _recorded_weights(samples: Path) -> dict[str, Any]:
+    """Which weights drew the samples in ``samples``, from the JSON that ``lscore sample`` or
+    ``lscore merge`` wrote beside it (nothing when there is none)."""
+    try:
+        record = json.loads(samples.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("checkpoint", "step", "ema", "weights_sha256")
+    return {k: record[k] for k in keys if isinstance(record, dict) and k in record}
+
+
 def _npz_images(path: Path, num: int | None) -> Tensor:
     import numpy as np
     import torch
 
-    with np.load(path, allow_pickle=False) as data:
+    from lightning_score.images import load_numpy
+
+    with load_numpy(path) as data:
         if "arr_0" not in data.files:
             raise ValueError(f"{path} holds {data.files}, expected images under 'arr_0'")
         images = data["arr_0"]
@@ -216,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.experiment import load_config
     from lightning_score.images import save_grid
     from lightning_score.sampling import check_sampling
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_model
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(names) - set(METRIC_NAMES))
@@ -236,10 +249,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("an .npz source needs --stats FILE.npz or --data-config CONFIG")
         exp = load_config(args.data_config) if args.data_config else None
         images = _npz_images(args.source, args.num)
+        info.update(_recorded_weights(args.source))
         count = images.shape[0]
         chunks: Iterator[Tensor] = _counted_images(images, args.batch_size, args.progress)
     else:
-        model, exp = load_score_model(args.source, ema=args.ema, map_location=device)
+        loaded = load_model(args.source, ema=args.ema, map_location=device)
+        model, exp = loaded.model, loaded.config
         shape = data_shape(exp.data)
         if len(shape) != 3:
             raise ValueError(
@@ -248,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             )
         cfg = sampling_from_args(sampling_overrides(exp, args.overrides).sampling, args)
         check_sampling(model.sde, cfg)
-        info.update(ema=args.ema, seed=args.seed, sampling=dataclasses.asdict(cfg))
+        info.update(loaded.record(), seed=args.seed, sampling=dataclasses.asdict(cfg))
         chunks = _generated_batches(model, cfg, shape, args, device, nfes)
         count = DEFAULT_NUM if args.num is None else args.num
     # Named by the first metric as ImageMetrics orders them, e.g. last_fid_50k; checked now,

@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     from lightning_score.data import build_datamodule
     from lightning_score.evaluation.distributed import shard_batches
     from lightning_score.evaluation.likelihood import evaluate_bits_per_dim, gather_bits_per_dim
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_model
 
     check_positive("--num", args.num, "a positive number of points")
     check_positive("--repeats", args.repeats)
@@ -123,7 +123,8 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
         or args.checkpoint.parent / "eval" / f"{args.checkpoint.stem}_bpd_{args.split}.json"
     )
     check_outputs([out], args.overwrite, inputs=[args.checkpoint])  # on every rank: all refuse
-    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
+    loaded = load_model(args.checkpoint, ema=args.ema, map_location=device)
+    model, exp = loaded.model, loaded.config
     model.requires_grad_(False)
     dm = build_datamodule(dataclasses.replace(exp.data, random_flip=False), exp.seed)
     dm.setup()
@@ -160,8 +161,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     dim = math.prod(dm.data_shape)
     estimator_se = result.estimator_stderr  # NaN for a single repeat
     report = {
-        "checkpoint": str(args.checkpoint),
-        "ema": args.ema,
+        **loaded.record(),
         "split": args.split,
         "points": result.values.shape[1],
         "repeats": args.repeats,

@@ -136,15 +136,25 @@ def resolve_device(name: str | None) -> torch.device:
 
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    local_rank = os.environ.get("LOCAL_RANK")
-    if name == "cuda" and local_rank is not None:
-        name = f"cuda:{int(local_rank)}"
+    from lightning_score.config import launcher_int
+
+    if name == "cuda" and os.environ.get("LOCAL_RANK"):
+        name = f"cuda:{launcher_int('LOCAL_RANK', 0)}"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(
             f"--device {name} is not a device: use cpu, cuda, cuda:1, mps ..."
         ) from None
+    if device.type == "meta":
+        raise ValueError(f"--device {name} holds shapes only, no numbers: use cpu or cuda")
+    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "cuda") else None
+    if device.type not in ("cpu", "cuda", "mps") and not (
+        backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    ):
+        raise ValueError(
+            f"--device {name}: {device.type.upper()} is not available on this machine; use cpu"
+        )
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -169,15 +179,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rank",
         type=int,
-        default=int(os.environ.get("RANK", 0)),
-        help="this process's rank in a sharded run; $RANK when set (default: %(default)s)",
+        default=None,
+        help="this process's rank in a sharded run (default: $RANK when set, else 0)",
     )
     parser.add_argument(
         "--world-size",
         type=int,
-        default=int(os.environ.get("WORLD_SIZE", 1)),
+        default=None,
         help="processes sharing --num, each writing samples_rank{r}.npz (joined by `lscore "
-        "merge`); $WORLD_SIZE when set (default: %(default)s)",
+        "merge`; default: $WORLD_SIZE when set, else 1)",
     )
     parser.add_argument("--grid", type=int, default=64, help="samples shown in the grid PNG")
     add_overwrite_argument(parser)
@@ -188,12 +198,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from lightning_score.config import launcher_int
     from lightning_score.data import data_examples, data_shape
     from lightning_score.images import save_grid, to_data_space, to_uint8_nhwc
     from lightning_score.sampling.generate import generate, rank_share
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_model
     from lightning_score.training.speed import for_sampling
 
+    if args.world_size is None:
+        args.world_size = launcher_int("WORLD_SIZE", 1)
+    if args.rank is None:
+        args.rank = launcher_int("RANK", 0)
+    check_positive("--world-size", args.world_size)
     if not 0 <= args.rank < args.world_size:
         raise ValueError(f"--rank must lie in [0, --world-size={args.world_size}), got {args.rank}")
     check_positive("--num", args.num)
@@ -203,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
     stem = "samples" if args.world_size == 1 else f"samples_rank{args.rank:02d}"
     paths = [args.out / f"{stem}{ending}" for ending in (".npz", "_grid.png", ".json")]
     check_outputs(paths, args.overwrite, inputs=[Path(args.checkpoint)])
-    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
-    model = for_sampling(model, args.compile, args.bf16)
+    loaded = load_model(args.checkpoint, ema=args.ema, map_location=device)
+    model, exp = for_sampling(loaded.model, args.compile, args.bf16), loaded.config
     cfg = sampling_from_args(exp.sampling, args)
     share = rank_share(args.num, args.rank, args.world_size)
     shape = data_shape(exp.data)
@@ -232,8 +248,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(grid_path) as tmp:
         save_grid(shown, tmp, f"{cfg.sampler}, {result.nfe:g} NFE", overlay)
     meta = {
-        "checkpoint": str(args.checkpoint),
-        "ema": args.ema,
+        **loaded.record(),
         "compile": args.compile,
         "bf16": args.bf16,
         "num": share,

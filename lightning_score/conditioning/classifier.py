@@ -102,7 +102,7 @@ def validate_classifier_config(cfg: ClassifierConfig) -> ClassifierConfig:
     validate_sde_config(cfg.sde)
     validate_data_config(cfg.data)
     require(cfg.num_classes >= 2, f"num_classes must be >= 2, got {cfg.num_classes}")
-    check_labels(cfg.num_classes, cfg.data)
+    check_labels(cfg.num_classes, cfg.data, key="num_classes")
     require(
         len(data_shape(cfg.data)) == 3,
         f"the noisy classifier takes images; data.name='{cfg.data.name}' is not an image set",

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lightning_score.config import DataConfig
 from lightning_score.data.image_sets import IMAGE_SUFFIXES
+from lightning_score.images import load_numpy
 
 
 def _from_array(array: np.ndarray) -> Tensor:
@@ -88,7 +89,7 @@ def load_images(
     if path.is_dir():
         images = _read_folder(path)
     elif path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
+        with load_numpy(path) as data:
             key = "images" if "images" in data.files else data.files[0]
             images = _from_array(data[key])
     else:

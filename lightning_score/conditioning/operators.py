@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_score.images import load_numpy
 from lightning_score.sde import batch_broadcast
 
 
@@ -299,9 +300,14 @@ def named_mask(name: str, size: tuple[int, int], seed: int = 0) -> Tensor:
     elif kind == "center":
         mask[h // 4 : h - h // 4, w // 4 : w - w // 4] = 0
     elif kind == "random":
-        fraction = float(arg) if arg else 0.5
+        try:
+            fraction = float(arg) if arg else 0.5
+        except ValueError:
+            fraction = math.nan
         if not 0 < fraction < 1:
-            raise ValueError(f"random:FRACTION needs a fraction in (0, 1), got {arg}")
+            raise ValueError(
+                f"mask 'random:{arg}': random:FRACTION needs a number in (0, 1), e.g. random:0.7"
+            )
         gen = torch.Generator().manual_seed(seed)
         mask = (torch.rand(h, w, generator=gen) >= fraction).float()
     else:
@@ -323,9 +329,9 @@ def load_mask(spec: str, size: tuple[int, int], seed: int = 0) -> Tensor:
             f"mask '{spec}' is neither a mask name ({', '.join(MASK_NAMES)}) nor an existing file"
         )
     if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+        array = load_numpy(path)
     elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
+        with load_numpy(path) as data:
             array = data[data.files[0]]
     else:
         from PIL import Image

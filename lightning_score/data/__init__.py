@@ -202,20 +202,20 @@ def class_name(d: DataConfig, label: int) -> str:
     return names[label] if 0 <= label < len(names) else f"class {label}"
 
 
-def check_labels(num_classes: int, d: DataConfig) -> None:
-    """A class-conditional model (``model.num_classes > 0``) needs a data set with that many labels."""
+def check_labels(num_classes: int, d: DataConfig, key: str = "model.num_classes") -> None:
+    """A class-conditional model (``model.num_classes > 0``; ``key``: the config entry that set
+    ``num_classes``) needs a data set with that many labels."""
     if num_classes == 0:
         return
     require(
         d.name in DATA_CLASSES,
-        f"model.num_classes={num_classes} needs labelled data, but data.name='{d.name}' has no "
-        f"labels: use one of {', '.join(sorted(DATA_CLASSES))} or set model.num_classes=0",
+        f"{key}={num_classes} needs labelled data, but data.name='{d.name}' has no "
+        f"labels: use one of {', '.join(sorted(DATA_CLASSES))} or set {key}=0",
     )
     known = DATA_CLASSES[d.name]
     require(
         known is None or known == num_classes,
-        f"data set '{d.name}' has {known} classes, but model.num_classes={num_classes}: "
-        f"set model.num_classes={known}",
+        f"data set '{d.name}' has {known} classes, but {key}={num_classes}: set {key}={known}",
     )
 
 

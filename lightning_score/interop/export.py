@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,12 +31,15 @@ from lightning_score.config import ExperimentConfig, to_dict
 from lightning_score.data import data_shape
 from lightning_score.experiment import from_dict
 from lightning_score.nets.score import ScoreModel
+from lightning_score.outputs import atomic_folder, file_mode
 from lightning_score.sde import SDES
 from lightning_score.training.checkpoint import (
+    EXPORT_CHECKSUM,
     EXPORT_FILE,
     EXPORT_FORMAT,
     CheckpointError,
     checkpoint_config,
+    export_checksum,
     export_file,
     load_checkpoint,
     load_export,
@@ -243,12 +247,17 @@ def model_card(trained: Trained, usage: str, library: str = "lightning-score") -
 
 
 # -- safetensors -----------------------------------------------------------------------------
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes the model's weights take on disk, plus a MiB for headers and text files."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
+
+
 def write_safetensors(trained: Trained, out: Path, location: str | None = None) -> Path:
-    """``model.safetensors`` + ``config.json`` + ``README.md`` in ``out``; returns the file.
-    ``location``: where the card's snippet loads it from (default ``out``; a Hub repo id)."""
+    """``model.safetensors`` (with its checksum) + ``config.json`` + ``README.md`` in ``out``,
+    whole or not at all; returns the file. ``location``: where the card's snippet loads it from
+    (default ``out``; a Hub repo id)."""
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
     config = to_dict(trained.config)
     state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
     meta = {
@@ -259,9 +268,17 @@ def write_safetensors(trained: Trained, out: Path, location: str | None = None) 
         "source": str(trained.source),
         "provenance": trained.provenance or "",
     }
-    path = out / EXPORT_FILE
-    save_file(state, path, metadata=meta)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    meta[EXPORT_CHECKSUM] = export_checksum(state, meta)
+    with atomic_folder(out, state_bytes(trained.model)) as folder:
+        save_file(state, folder / EXPORT_FILE, metadata=meta)
+        os.chmod(folder / EXPORT_FILE, file_mode())
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_card(trained, folder, out, location)
+    return out / EXPORT_FILE
+
+
+def write_card(trained: Trained, folder: Path, out: Path, location: str | None = None) -> None:
+    """The safetensors export's model card, naming the folder by its final path ``out``."""
     flag = "" if trained.weights == "ema" else " --no-ema"
     usage = f"""
 {pipeline_usage(location or str(out), trained)}
@@ -273,10 +290,9 @@ lscore likelihood {out}{flag} --split test
 
 `model.safetensors` holds the {trained.weights.upper()} weights under the keys of
 `ScoreModel.state_dict()`; its metadata holds the resolved config (`config`, the same as
-`config.json`), `weights` and `step`.
+`config.json`), `weights`, `step` and `sha256`, a checksum of all of them that every load verifies.
 """
-    (out / "README.md").write_text(model_card(trained, usage))
-    return path
+    (folder / "README.md").write_text(model_card(trained, usage))
 
 
 # -- diffusers -------------------------------------------------------------------------------
@@ -375,12 +391,22 @@ def write_diffusers(trained: Trained, out: Path, location: str | None = None) ->
         raise RuntimeError(
             f"internal error: the diffusers model differs from ours by {error:.2e} (relative)"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    if row.pipeline is not None:
-        getattr(diffusers, row.pipeline)(unet=unet, scheduler=scheduler).save_pretrained(out)
-    else:
-        unet.save_pretrained(out / "unet")
-        scheduler.save_pretrained(out / "scheduler")
+    with atomic_folder(out, state_bytes(unet)) as folder:
+        if row.pipeline is not None:
+            pipe = getattr(diffusers, row.pipeline)(unet=unet, scheduler=scheduler)
+            pipe.save_pretrained(folder)
+        else:
+            unet.save_pretrained(folder / "unet")
+            scheduler.save_pretrained(folder / "scheduler")
+        write_diffusers_card(trained, folder, out, row, error, location)
+    return out
+
+
+def write_diffusers_card(
+    trained: Trained, folder: Path, out: Path, row: Any, error: float, location: str | None
+) -> None:
+    """The diffusers export's model card, naming the folder by its final path ``out`` (or the
+    Hub repo ``location`` it is to be published to)."""
     where = location or str(out)
     load = (
         f"{row.pipeline}.from_pretrained('{where}')"
@@ -401,8 +427,7 @@ scheduler = {row.scheduler}.from_pretrained('{where}', subfolder='scheduler')
 {USAGE[row.parameterization]} Checked at export against lightning-score's model on fixed
 inputs: {"identical" if error == 0 else f"equal to {error:.1e} (relative)"}.
 """
-    (out / "README.md").write_text(model_card(trained, usage, library="diffusers"))
-    return out
+    (folder / "README.md").write_text(model_card(trained, usage, library="diffusers"))
 
 
 def export(
