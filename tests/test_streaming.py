@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_streaming_training import streaming_config
+from run_training import RecordBatches
 from test_resume import max_abs_diff, wait_for
 
 from lightning_score.config import ConfigError, DataConfig
@@ -23,6 +25,7 @@ from lightning_score.data import build_datamodule
 from lightning_score.data.prepare import PrepareError, Source, prepare
 from lightning_score.data.streaming import ChunkError, check_cache_limit, check_local_chunks
 from lightning_score.training.checkpoint import load_checkpoint
+from lightning_score.training.run import train
 
 TESTS = Path(__file__).parent
 SCRIPT = TESTS / "run_streaming_training.py"
@@ -208,7 +211,24 @@ def finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
-@pytest.mark.parametrize("workers,processes", [(0, 1), (2, 1), (0, 2), (2, 2)])
+def record_run(out: Path, chunks: Path, processes: int, *opts: str) -> None:
+    """Train with RecordBatches: here, or as a subprocess that DDP's launcher starts twice."""
+    if processes == 1:
+        out.mkdir(parents=True, exist_ok=True)
+        train(streaming_config(out, chunks, *opts), [RecordBatches(out)])
+    else:
+        finish(start(out, chunks, "--record-batches", *opts))
+
+
+@pytest.mark.parametrize(
+    "workers,processes",
+    [
+        (0, 1),
+        (2, 1),
+        pytest.param(0, 2, marks=pytest.mark.slow),
+        pytest.param(2, 2, marks=pytest.mark.slow),
+    ],
+)
 def test_sigkill_mid_epoch_then_rerun_trains_on_the_same_batches(
     chunks, tmp_path, workers, processes
 ):
@@ -218,14 +238,15 @@ def test_sigkill_mid_epoch_then_rerun_trains_on_the_same_batches(
     if processes == 2:
         opts += ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
     killed = start(tmp_path / "killed", chunks, "--hang-at", "6", *opts)
-    finish(start(tmp_path / "whole", chunks, "--record-batches", *opts))
+    # the uninterrupted run meanwhile; one process runs here (a process start less to wait for)
+    record_run(tmp_path / "whole", chunks, processes, *opts)
     wait_for(killed, tmp_path / "killed" / "hanging")
     killed.send_signal(signal.SIGKILL)
     assert killed.wait(timeout=60) == -signal.SIGKILL
     run = tmp_path / "killed" / "quickstart"
     state = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert state["global_step"] == 6
-    finish(start(tmp_path / "killed", chunks, "--record-batches", *opts))  # resume=auto
+    record_run(tmp_path / "killed", chunks, processes, *opts)  # the same run again: resume=auto
 
     for rank in range(processes):
         whole = torch.load(tmp_path / "whole" / f"record_rank{rank}.pt")

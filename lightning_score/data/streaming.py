@@ -175,6 +175,10 @@ class ResumableStreamingLoader(StreamingDataLoader):
         for batch in super().__iter__():
             index = self._num_samples_yielded_streaming // self.batch_size - 1  # type: ignore
             seed_batch_rng(dataset.flip_seed, self.current_epoch, index, self.rank, STEP)
+            if index + 1 >= len(self):
+                # Lightning stops at the known length without asking for more, so LitData never
+                # sees a restored epoch end and would replay it: the next epoch starts afresh.
+                self.restore = False
             yield batch
 
 
