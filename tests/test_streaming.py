@@ -263,3 +263,24 @@ def test_sigkill_mid_epoch_then_rerun_trains_on_the_same_batches(
     assert a["global_step"] == b["global_step"] == 10
     assert max_abs_diff(a["state_dict"], b["state_dict"]) == 0.0
     assert max_abs_diff(a["current_model_state"], b["current_model_state"]) == 0.0
+
+
+def test_unreadable_images_stop_prepare_naming_the_file_or_are_left_out(tmp_path):
+    image_folder(tmp_path / "in", per_class=3)
+    (tmp_path / "in" / "cat" / "broken.png").write_bytes(b"not a png")
+    source = Source("folder", str(tmp_path / "in"), train=True, val_fraction=0.2)
+    with pytest.raises(
+        PrepareError, match=r"broken.png is not a readable .*pass --bad-images skip"
+    ):
+        prepare(source, str(tmp_path / "out"), progress=False)
+    skip = Source("folder", str(tmp_path / "in"), True, val_fraction=0.2, bad_images="skip")
+    with pytest.warns(UserWarning, match="leaving out 1 image file"):
+        done = prepare(skip, str(tmp_path / "out"), workers=1, progress=False)
+    assert done == {"train": "5 images", "val": "1 images"}
+
+
+def test_the_command_lists_every_source():
+    from lightning_score.commands.prepare import SOURCE_NAMES
+    from lightning_score.data.prepare import SOURCES
+
+    assert set(SOURCE_NAMES) == set(SOURCES)

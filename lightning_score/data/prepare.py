@@ -20,7 +20,13 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from lightning_score.data.base import split_fraction
-from lightning_score.data.image_sets import ImageFolderFlat, celeba, cifar10, lsun
+from lightning_score.data.image_sets import (
+    ImageFolderFlat,
+    UnreadableImageError,
+    celeba,
+    cifar10,
+    lsun,
+)
 from lightning_score.data.streaming import is_remote, split_uri
 from lightning_score.data.tensor_sets import load_fashion_mnist_uint8
 
@@ -127,7 +133,11 @@ def prepare(
         if not is_remote(out) and (Path(target) / "index.json").is_file():
             done[split] = "complete already, kept"
             continue
-        data = split_source.open()
+        try:
+            data = split_source.open()
+        except UnreadableImageError as err:  # the same choice, as prepare's option
+            hint = str(err).replace("set data.bad_images=skip", "pass --bad-images skip")
+            raise PrepareError(hint) from None
         if not source.image_size:
             check_same_size(data)
         resumed = not is_remote(out) and (Path(target) / ".checkpoints").is_dir()
