@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,39 @@ def test_the_command_lists_every_source():
     from lightning_score.data.prepare import SOURCES
 
     assert set(SOURCE_NAMES) == set(SOURCES)
+
+
+def test_a_prepare_killed_mid_way_carries_on_when_run_again(tmp_path):
+    """SIGKILL to the prepare's whole process group once chunks are on disk (as a scheduler
+    kills a job), then the same command: every image once, none lost or doubled."""
+    images = image_folder(tmp_path / "in", per_class=600)
+    out = tmp_path / "out"
+    args = ["prepare", "folder", "--root", str(tmp_path / "in"), "--out", str(out)]
+    args += ["--workers", "2", "--chunk-bytes", "2KB", "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_score.cli", *args],
+        cwd=TESTS.parent,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((out / "train").glob("chunk-*.bin"))) < 10:
+            assert proc.poll() is None and time.monotonic() < deadline, "prepare ended early"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "train" / "index.json").exists()  # killed mid-way through train
+    done = prepare(
+        Source("folder", str(tmp_path / "in"), train=True, val_fraction=0.01),
+        str(out),
+        workers=2,
+        chunk_bytes="2KB",
+        progress=False,
+    )
+    assert done == {"train": "1188 images (resumed)", "val": "12 images"}
+    items = read_items(out / "train") + read_items(out / "val")
+    assert len(items) == 1200 and dict(items) == images
