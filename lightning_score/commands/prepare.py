@@ -53,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.data.prepare import SOURCES, PrepareError, Source, prepare
 
     size = SOURCES[args.source] if args.image_size is None else args.image_size
-    if size < 0 or args.workers < 1 or not 0 <= args.val_fraction < 1:
-        raise PrepareError("--image-size must be >= 0, --workers >= 1 and --val-fraction in [0, 1)")
+    if size < 0 or args.workers < 1 or not 0 < args.val_fraction < 1:
+        raise PrepareError(
+            "--image-size must be >= 0, --workers >= 1 and --val-fraction in (0, 1) "
+            "(streaming runs read a val split)"
+        )
     source = Source(
         args.source,
         args.root,

@@ -24,7 +24,7 @@ from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.format import _convert_bytes_to_int
 from torch import Tensor
 
-from lightning_score.config import DataConfig, require
+from lightning_score.config import ConfigError, DataConfig, require
 from lightning_score.data.base import DataNotFoundError, ScoreDataModule
 from lightning_score.data.resumable import STEP, seed_batch_rng
 
@@ -83,7 +83,7 @@ def check_cache_limit(meta: dict[str, Any], cache_limit: str, where: str) -> int
     try:
         limit = _convert_bytes_to_int(cache_limit) if isinstance(cache_limit, str) else cache_limit
     except (ValueError, KeyError):
-        raise DataNotFoundError(
+        raise ConfigError(
             f"data.cache_limit={cache_limit!r} is not a size: write e.g. 50GB or 500MB"
         ) from None
     largest = max((c["chunk_bytes"] for c in meta["chunks"]), default=0)
