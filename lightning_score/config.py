@@ -104,6 +104,13 @@ class DataConfig:
     # image files that cannot be read (folder, CelebA as a folder): stop (one line naming the
     # file) | skip (left out with a warning that counts them)
     bad_images: str = "stop"
+    # data.name=streaming: LitData chunks written by `lscore prepare` (a folder or s3:// gs://
+    # URI holding train/ and val/), a local cache for remote chunks and its size limit, and the
+    # number of image channels (networks are built before the data loads)
+    input_dir: str = ""
+    cache_dir: str = ""
+    cache_limit: str = "50GB"
+    channels: int = 3
 
 
 @dataclass
