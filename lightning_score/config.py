@@ -138,9 +138,9 @@ class SamplingConfig:
     variant: str = "bh2"
     # restart (Xu et al. 2023): at the first grid sigma <= restart_sigma_min, go back up to
     # restart_sigma_max and down again in restart_steps Heun steps, restart_repeats times
-    restart_sigma_min: float = 0.1
+    restart_sigma_min: float = 0.3
     restart_sigma_max: float = 1.0
-    restart_steps: int = 2
+    restart_steps: int = 4
     restart_repeats: int = 1
 
 

@@ -98,12 +98,6 @@ def _check_grid_solver(sde: SDE, cfg: SamplingConfig) -> None:
         sde.linear,
         str(linear_sde_reason(sde, f"sampler '{cfg.sampler}'")),
     )
-    require(
-        cfg.eta is None or ("eta" in GRID_SOLVER_KNOBS[cfg.sampler] and cfg.eta >= 0),
-        f"sampling.eta ({cfg.eta}) must be >= 0 and applies to "
-        f"{', '.join(k for k, v in GRID_SOLVER_KNOBS.items() if 'eta' in v)} only; sampler "
-        f"'{cfg.sampler}' takes none: leave it unset",
-    )
     if "order" in GRID_SOLVER_KNOBS[cfg.sampler]:
         require(
             cfg.order in ORDERS,
@@ -186,6 +180,12 @@ def check_sampling(sde: SDE, cfg: SamplingConfig) -> None:
         f"stochastic reverse steps with forward diffusion; sampler '{cfg.sampler}' integrates the "
         "probability-flow ODE: use sampling.sampler=pc or turn resampling off "
         "(sampling.resample_repeats=1)",
+    )
+    noisy = [name for name, knobs in GRID_SOLVER_KNOBS.items() if "eta" in knobs]
+    require(
+        cfg.eta is None or (cfg.sampler in noisy and cfg.eta >= 0),
+        f"sampling.eta ({cfg.eta}) must be >= 0 and applies to {', '.join(noisy)} only; "
+        f"sampler '{cfg.sampler}' takes none: leave it unset",
     )
     if cfg.sampler in GRID_SOLVER_KNOBS:
         _check_grid_solver(sde, cfg)
