@@ -196,3 +196,36 @@ def test_config_load_refuses_a_bad_order() -> None:
     cfg = read_config(None, ["sampling.sampler=deis", "sampling.order=5"])
     with pytest.raises(ConfigError, match=r"sampling.order 5 is not an order of 'deis'"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("sde_name", SDES)
+def test_ablate_default_grid_puts_each_family_at_5_10_20_nfe(sde_name: str) -> None:
+    from lightning_score.commands.ablate import DEFAULT_FAMILIES, DEFAULT_NFE, default_settings
+    from lightning_score.sampling.cost import nfe_per_sample
+
+    sde = SDES[sde_name]()
+    settings = default_settings(sde, SamplingConfig())
+    counted: dict[str, list[int]] = {}
+    for _, cfg in settings:
+        counted.setdefault(cfg.sampler, []).append(nfe_per_sample(sde, cfg))
+    assert list(counted) == list(DEFAULT_FAMILIES)
+    for name, nfes in counted.items():
+        if name == "restart":  # one Heun step into sigma = 0 plus a 4-step restart: 3 + 8
+            assert nfes == [11, 19], nfes
+        else:  # Heun-like samplers take 2 NFE per step: the nearest count is 9 or 19
+            assert [min(nfes, key=lambda n, t=t: abs(n - t)) for t in DEFAULT_NFE] == nfes
+            assert all(abs(n - t) <= 1 for n, t in zip(nfes, DEFAULT_NFE, strict=True)), nfes
+
+
+def test_lscore_ablate_runs_the_default_grid(checkpoint, tmp_path) -> None:
+    """`lscore ablate CKPT --out DIR` without --samplers: one row per default setting."""
+    import csv
+
+    from lightning_score.cli import main
+
+    args = ["ablate", str(checkpoint), "--out", str(tmp_path), "--num", "4", "--batch-size", "4"]
+    assert main([*args, "--no-progress", "--bootstrap", "0"]) == 0
+    with open(tmp_path / "ablation.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 29  # ten families at three NFE, restart at two
+    assert {r["sampler"].split()[0] for r in rows} >= {"unipc", "deis", "restart", "ddim"}
