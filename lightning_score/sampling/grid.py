@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lightning_score.config import SamplingConfig
 from lightning_score.sampling.base import BoundHook, batch_time, kernel, no_hook
+from lightning_score.sampling.ode import few_step_grid
 from lightning_score.sde import SDE, ScoreFn
 
 
@@ -88,7 +89,6 @@ Knobs = Callable[[SamplingConfig], dict[str, Any]]
 
 def grid_sampler(solver: GridSolver, knobs: Knobs | None = None) -> Callable[..., Tensor]:
     """A SAMPLERS entry: prior draw, then ``solver`` on the few-step grid with ``knobs(cfg)``."""
-    from lightning_score.sampling.ode import few_step_grid
 
     def run(
         score_fn: ScoreFn,
