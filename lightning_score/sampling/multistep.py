@@ -184,9 +184,9 @@ def sample_unipc(
 def _deis_weights(model: GridModel, sigmas: Tensor, i: int, p: int) -> list[float]:
     """int_{sigma_i}^{sigma_{i+1}} l_j(t(sigma)) dsigma for the Lagrange basis l_j in the SDE's
     time t through t_i, t_{i-1}, ..., t_{i-p+1} (DEIS's tAB, Zhang & Chen 2023, eq. 14 in x~,
-    where the ODE has no linear part); 8-point Gauss-Legendre in sigma, exact for these smooth
-    integrands to double precision."""
-    nodes, w = np.polynomial.legendre.leggauss(8)
+    where the ODE has no linear part); 32-point Gauss-Legendre in sigma (measured: within
+    1e-13 relative of 128 points on 4-step grids of every SDE)."""
+    nodes, w = np.polynomial.legendre.leggauss(32)
     a, b = float(sigmas[i]), float(sigmas[i + 1])
     s = torch.tensor((b - a) / 2 * nodes + (a + b) / 2, dtype=torch.float64)
     t = model.sde.time_of_sigma(s).numpy()
