@@ -138,6 +138,18 @@ class SamplingConfig:
     # times, diffusing back up between walks; harmonizes conditioned samples (0 / 1: off)
     resample_jump: int = 0
     resample_repeats: int = 1
+    # grid solvers (sampling/ancestral.py, multistep.py): the noise of ddim, euler_ancestral and
+    # the dpmpp_*_sde solvers (None: 0 for ddim, 1 for the others); the order of unipc and deis
+    # (2 or 3); UniPC's B(h): bh1 | bh2
+    eta: float | None = None
+    order: int = 3
+    variant: str = "bh2"
+    # restart (Xu et al. 2023): at the first grid sigma <= restart_sigma_min, go back up to
+    # restart_sigma_max and down again in restart_steps Heun steps, restart_repeats times
+    restart_sigma_min: float = 0.3
+    restart_sigma_max: float = 1.0
+    restart_steps: int = 4
+    restart_repeats: int = 1
 
 
 @dataclass

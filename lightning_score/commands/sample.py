@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 #: Help per SamplingConfig field. The name lists are kept here, not imported from the sampler
 #: registries, so that `--help` answers without importing torch; a test checks they are complete.
 SAMPLING_HELP = {
-    "sampler": "pc, ode, euler, heun, dpmpp_2m or edm",
+    "sampler": "pc, ode, euler, heun, dpmpp_2m, edm, ddim, euler_ancestral, dpmpp_2m_sde, "
+    "dpmpp_3m, dpmpp_3m_sde, unipc, deis or restart",
     "predictor": "PC predictor: euler_maruyama, reverse_diffusion, ancestral_sampling or none",
     "corrector": "PC corrector: langevin, ald or none",
     "snr": "Langevin corrector's signal-to-noise ratio (sets its step size)",
     "corrector_steps": "corrector steps per PC step",
     "steps": "sampler steps; NFE per step: 1 for euler, dpmpp_2m and a PC predictor (plus "
-    "corrector_steps with a corrector), 2 for heun and edm",
+    "corrector_steps with a corrector) and the grid solvers, 2 for heun, edm and restart",
     "eps": "time where sampling ends (default: the SDE's)",
     "denoise": "final denoising step (Tweedie)",
     "schedule": "fixed-step time grid: uniform, log_sigma, edm or auto (the SDE's default)",
@@ -43,6 +44,13 @@ SAMPLING_HELP = {
     "s_tmin": "edm: lowest sigma that gets churn",
     "s_tmax": "edm: highest sigma that gets churn",
     "s_noise": "edm: noise inflation of the churn",
+    "eta": "ddim, euler_ancestral, dpmpp_*_sde: noise (default 0 for ddim, 1 for the others)",
+    "order": "unipc, deis: order 2 or 3",
+    "variant": "unipc: B(h) bh1 or bh2",
+    "restart_sigma_min": "restart: restart from the first grid sigma at or below this",
+    "restart_sigma_max": "restart: sigma the state is pushed back up to",
+    "restart_steps": "restart: Heun steps from restart_sigma_max back down",
+    "restart_repeats": "restart: restarts (K)",
 }
 DEVICE_HELP = (
     "cpu, cuda, cuda:1 ... (default: the GPU if there is one: cuda:LOCAL_RANK under a launcher "
