@@ -37,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lightning_score.interop.export import export
+    from lightning_score.run_lock import run_lock
 
     check_output_folder(args.out, args.overwrite, inputs=[Path(args.checkpoint)])
-    path = export(args.checkpoint, args.fmt, args.out, raw=args.raw)
+    with run_lock(args.out, "lscore export"):  # one writer per folder
+        path = export(args.checkpoint, args.fmt, args.out, raw=args.raw)
     weights = "raw" if args.raw else "EMA"
     print(f"wrote {args.fmt} export ({weights} weights) -> {path}")
     return 0

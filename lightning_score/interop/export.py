@@ -30,6 +30,7 @@ from lightning_score.config import ExperimentConfig, to_dict
 from lightning_score.data import data_shape
 from lightning_score.experiment import from_dict
 from lightning_score.nets.score import ScoreModel
+from lightning_score.outputs import atomic_path
 from lightning_score.sde import SDES
 from lightning_score.training.checkpoint import (
     EXPORT_FILE,
@@ -173,7 +174,8 @@ def write_safetensors(trained: Trained, out: Path) -> Path:
         "source": str(trained.source),
     }
     path = out / EXPORT_FILE
-    save_file(state, path, metadata=meta)
+    with atomic_path(path) as tmp:  # whole or absent, and 0644 like the rest of the export
+        save_file(state, tmp, metadata=meta)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     flag = "" if trained.weights == "ema" else " --no-ema"
     usage = f"""
