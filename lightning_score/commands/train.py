@@ -37,13 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lightning_score.config import check_run_sections, read_config
+    from lightning_score.config import check_finite, check_run_sections, read_config
 
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
     # Keys, types and the run-wide values first: these need no torch, so mistakes answer at once
     raw = read_config(path, args.overrides, presets=args.preset)
+    check_finite(raw)
     check_run_sections(raw)
 
     from omegaconf import OmegaConf

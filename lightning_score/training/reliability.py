@@ -231,14 +231,27 @@ class RunCheckpoint(ModelCheckpoint):
     batch. Any other exception (a non-finite loss, a crash) saves nothing: the state may be bad.
     """
 
+    _at_batch_end = False
+    _flushed_step = -1
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        if trainer.global_step >= trainer.max_steps > 0 and not self._should_skip_saving_checkpoint(
-            trainer
-        ):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._at_batch_end = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+            if trainer.global_step >= trainer.max_steps > 0 and not (
+                self._should_skip_saving_checkpoint(trainer)
+            ):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._at_batch_end = False
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if self._at_batch_end and self._flushed_step != trainer.global_step:
+            self._flushed_step = trainer.global_step
+            _log_step_rows_now(trainer)
+        super()._save_checkpoint(trainer, filepath)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -271,6 +284,24 @@ class RunCheckpoint(ModelCheckpoint):
             f"{'SIGINT' if interrupted else 'SIGTERM'}: saved {self.last_model_path} at step "
             f"{trainer.global_step}; rerun the same command to continue"
         )
+
+
+def _log_step_rows_now(trainer: L.Trainer) -> None:
+    """Hand this step's training metrics to the loggers now, before its checkpoint is written.
+
+    Lightning logs them just after the checkpoint callback returns; a process killed inside the
+    write would lose them for good, since the resumed run continues after this step. The call
+    Lightning then makes is skipped once, so each row is logged once.
+    """
+    connector = trainer._logger_connector
+    if "update_train_step_metrics" in vars(connector):
+        return
+    connector.update_train_step_metrics()
+
+    def already_logged() -> None:
+        del connector.update_train_step_metrics  # back to Lightning's method for the next step
+
+    connector.update_train_step_metrics = already_logged  # type: ignore[method-assign]
 
 
 class SaveOnInterrupt(Callback):
