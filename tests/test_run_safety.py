@@ -209,7 +209,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_needed(tmp_path, 
     message = str(err.value)
     assert "\n" not in message and err.value.__cause__ is None
     assert f"no space left on the device to write {last}" in message
-    assert "needs about 1.0 MiB" in message and "MiB are free" in message
+    assert "needs about 1.0 MiB and " in message and " are free" in message
     assert last.read_bytes() == good  # the earlier checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # temp file removed
 
@@ -327,3 +327,51 @@ def test_the_readme_commands_write_under_runs_or_into_git_ignored_folders():
         ["git", "check-ignore", "--no-index", *outside], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
     assert sorted(set(outside) - set(ignored)) == []
+
+
+# -- CPU threads (item 19) -------------------------------------------------------------------------
+@pytest.mark.parametrize(("cores", "load", "want"), [(2, 1.3, 1), (2, 0.0, 2), (16, 3.0, 4)])
+def test_threads_follow_the_free_cores_and_are_printed_once(cores, load, want, monkeypatch, capsys):
+    from lightning_score import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+    assert threads.choose_threads() == want
+    assert os.environ["OMP_NUM_THREADS"] == str(want) and torch.get_num_threads() == want
+    assert capsys.readouterr().err == (
+        f"CPU threads: {want} (free cores now, at most 4; set OMP_NUM_THREADS to choose)\n"
+    )
+    assert threads.choose_threads() == want  # now set: kept, and not printed again
+    assert capsys.readouterr().err == ""
+
+
+def test_a_thread_count_the_user_set_is_kept(monkeypatch, capsys):
+    from lightning_score import threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.choose_threads() == 3
+    assert capsys.readouterr().err == ""
+
+
+def test_commands_choose_threads_before_they_run(monkeypatch, capsys):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    quickstart = ["--config", str(ROOT / "configs" / "quickstart.yaml")]
+    assert main(["train", *quickstart, "--dry-run"]) == 0
+    assert capsys.readouterr().err.startswith("CPU threads: ")
+
+
+def test_convert_without_data_answers_before_torch_is_imported(tmp_path):
+    (tmp_path / "unet").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "lightning_score.cli", "convert", str(tmp_path)],
+        cwd=ROOT,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "lscore convert: error: a diffusers model does not say what" in proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported

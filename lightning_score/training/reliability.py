@@ -159,9 +159,13 @@ def _raise_if_out_of_space(err: BaseException, path: Path, checkpoint: Mapping[s
     need = _tensor_bytes(checkpoint)
     raise CheckpointError(
         f"no space left on the device to write {path}: the checkpoint needs about "
-        f"{need / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free; earlier checkpoints are "
-        "intact: free some space (or move out_dir) and rerun the same command to continue"
+        f"{_size(need)} and {_size(free)} are free; earlier checkpoints are intact: free some "
+        "space (or move out_dir) and rerun the same command to continue"
     ) from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**10:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
