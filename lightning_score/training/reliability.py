@@ -233,6 +233,8 @@ class RunCheckpoint(ModelCheckpoint):
     Lightning turns SIGTERM into ``SIGTERMException`` at the end of the current batch (under DDP
     all ranks agree on it); :meth:`on_exception` then saves, so a preempted run loses at most one
     batch. Any other exception (a non-finite loss, a crash) saves nothing: the state may be bad.
+    A step's training rows reach the loggers before its checkpoint is written (see
+    :func:`_log_step_rows_now`).
     """
 
     _at_batch_end = False
