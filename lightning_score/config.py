@@ -13,6 +13,7 @@ here by :func:`check_run_sections`.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -447,8 +448,9 @@ def require_choice(value: str, choices: set[str] | dict, key: str) -> None:
         )
 
 
-#: Lightning's accelerator names (``gpu``: CUDA or MPS, whichever the machine has)
-ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu"}
+#: Lightning's accelerator names (``gpu``: CUDA or MPS, whichever the machine has); TPUs (XLA)
+#: are not supported by this project and are refused at load
+ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps"}
 
 
 def _devices_valid(devices: Any) -> bool:
@@ -510,15 +512,37 @@ BF16_HINT = (
 )
 
 
+#: keys where an infinite value is meaningful (EDM's churn range has no upper end by default)
+INFINITE_ALLOWED = {"sampling.s_tmax"}
+
+
+def check_finite(cfg: Any) -> None:
+    """Refuse NaN anywhere in a config and infinity outside :data:`INFINITE_ALLOWED` (YAML reads
+    ``1e400`` as infinity, which passes every ``> 0`` check and fails at the first step)."""
+    for key, value in flatten(to_dict(cfg)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            require(
+                value == math.inf and key in INFINITE_ALLOWED,
+                f"{key}={value} is not a finite number: give a finite value",
+            )
+
+
+def check_name_and_seed(name: str, seed: int) -> None:
+    """``name`` must name a folder inside ``out_dir``; ``seed`` must be one numpy and Lightning
+    accept (0 to 2^32 - 1)."""
+    require(name.strip() != "", "name must not be empty: it names the run directory")
+    path = Path(name)
+    require(
+        not path.is_absolute() and ".." not in path.parts,
+        f"name='{name}' must stay inside out_dir: a relative path without '..'",
+    )
+    require(0 <= seed < 2**32, f"seed must lie in [0, 2^32 - 1], got {seed}")
+
+
 def check_run_sections(cfg: ExperimentConfig) -> None:
     """Checks of the sections that belong to the run as a whole (not to one part of it)."""
     require(cfg.resume.strip() != "", "resume must be none, auto or the path of a checkpoint")
-    require(cfg.name.strip() != "", "name must not be empty: it names the run directory")
-    name = Path(cfg.name)
-    require(
-        not name.is_absolute() and ".." not in name.parts,
-        f"name='{cfg.name}' must stay inside out_dir: a relative path without '..'",
-    )
+    check_name_and_seed(cfg.name, cfg.seed)
     o = cfg.optim
     require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
@@ -557,6 +581,11 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
     )
     require_choice(t.nonfinite, {"stop", "skip"}, "trainer.nonfinite")
     require_choice(t.compile, set(COMPILE_MODES), "trainer.compile")
+    require(
+        t.accelerator != "tpu",
+        "trainer.accelerator=tpu is not supported by lightning-score (no XLA support): use "
+        "trainer.accelerator=gpu, cpu or auto",
+    )
     require_choice(t.accelerator, ACCELERATORS, "trainer.accelerator")
     require(
         _devices_valid(t.devices),

@@ -114,15 +114,15 @@ def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Pat
 
 def convert_diffusers(args: argparse.Namespace) -> int:
     """A diffusers folder -> our safetensors export."""
-    from lightning_score.interop.diffusers_models import diffusers_experiment
-    from lightning_score.interop.export import Trained, diffusers_provenance, write_safetensors
-    from lightning_score.training.checkpoint import score_model_with
-
-    if not args.data:
+    if not args.data:  # before torch is imported: the mistake answers at once
         raise ValueError(
             "a diffusers model does not say what it was trained on: pass --data NAME "
             "(e.g. cifar10 for google/ddpm-cifar10-32)"
         )
+    from lightning_score.interop.diffusers_models import diffusers_experiment
+    from lightning_score.interop.export import Trained, diffusers_provenance, write_safetensors
+    from lightning_score.training.checkpoint import score_model_with
+
     source = Path(args.checkpoint)
     out = Path(args.out) if args.out else source.with_name(source.name + ".lscore")
     check_output_folder(out, args.overwrite, inputs=[source])
@@ -135,8 +135,6 @@ def convert_diffusers(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.nets.ncsnpp import PRESETS
-
     if args.checkpoint and Path(args.checkpoint).is_dir():
         return convert_diffusers(args)
     from lightning_score.interop.official import (
@@ -144,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         official_experiment,
         read_official_weights,
     )
+    from lightning_score.nets.ncsnpp import PRESETS
     from lightning_score.progress import progress_bar
 
     if args.list:

@@ -51,13 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lightning_score.interop.export import export
+    from lightning_score.run_lock import run_lock
 
     check_output_folder(args.out, args.overwrite, inputs=[Path(args.checkpoint)])
     if args.push_to_hub:
         from lightning_score.interop.hub import check_publishable
 
         check_publishable(args.push_to_hub)
-    path = export(args.checkpoint, args.fmt, args.out, raw=args.raw, repo_id=args.push_to_hub)
+    with run_lock(args.out, "lscore export"):  # one writer per folder
+        path = export(args.checkpoint, args.fmt, args.out, raw=args.raw, repo_id=args.push_to_hub)
     weights = "raw" if args.raw else "EMA"
     print(f"wrote {args.fmt} export ({weights} weights) -> {path}")
     if args.push_to_hub:

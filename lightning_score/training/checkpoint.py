@@ -167,11 +167,14 @@ def model_state(ckpt: dict[str, Any], ema: bool) -> dict[str, torch.Tensor]:
 
 
 def is_loadable_checkpoint(path: Path) -> bool:
-    """Whether ``path`` verifies and loads as a checkpoint of ours (weights, step and config)."""
+    """Whether ``path`` verifies and loads as a checkpoint of ours (weights, step and config): a
+    score model's, or a noisy classifier's (``lscore train-classifier``)."""
     try:
         ckpt = load_checkpoint(path, mmap=True)
-        checkpoint_config(ckpt)
-        return "global_step" in ckpt
+        saved = ckpt.get("hyper_parameters")
+        if not (isinstance(saved, dict) and isinstance(saved.get("classifier_config"), dict)):
+            checkpoint_config(ckpt)
+        return "global_step" in ckpt and "state_dict" in ckpt
     except CheckpointError:
         return False
 

@@ -36,7 +36,8 @@ from torch.nn import Module
 from lightning_score.config import ConfigError, ExperimentConfig, hardware_problem, save_config
 from lightning_score.data import build_datamodule
 from lightning_score.evaluation import ReferenceStats
-from lightning_score.experiment import grid_sampling
+from lightning_score.experiment import check_network_fits, grid_sampling
+from lightning_score.run_lock import run_lock
 from lightning_score.training.checkpoint import (
     ResumePoint,
     checkpoint_config,
@@ -51,10 +52,12 @@ from lightning_score.training.loggers import build_logger
 from lightning_score.training.logging_callbacks import logging_callbacks
 from lightning_score.training.module import ScoreModule
 from lightning_score.training.reliability import (
+    INTERRUPTED_EXIT_CODE,
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
     NonFiniteGuard,
     RunCheckpoint,
+    SaveOnInterrupt,
     remove_orphaned_temp_files,
 )
 from lightning_score.training.sample_grids import SampleGridCallback
@@ -295,16 +298,25 @@ class ConfiguredOptimizer(Callback):
 def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
     """Run training for ``cfg`` (continuing as ``cfg.resume`` says) and return the run directory.
 
-    A run stopped by SIGTERM saves ``last`` and exits with status 143 (``SystemExit``).
+    The run directory is locked for the whole run (a second writer is refused, see
+    ``run_lock.py``). A run stopped by SIGTERM saves ``last`` and exits with status 143
+    (``SystemExit``); by Ctrl-C, the same with status 130.
     """
+    with run_lock(cfg.run_dir, "lscore train"):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: ExperimentConfig, callbacks: Sequence[Callback]) -> Path:
     problem = hardware_problem(cfg)
     if problem:
         raise ConfigError(problem)
+    check_network_fits(cfg)
     point = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.seed)
     module = ScoreModule.from_config(cfg)
-    own: list[Callback] = [RunDirectory(cfg)]
+    interrupt = SaveOnInterrupt()
+    own: list[Callback] = [RunDirectory(cfg), interrupt]
     if point is not None:
         check_continuable(module, point, cfg)
         changes = config_changes(point.config, cfg)  # only resume=<path> gets here with changes
@@ -328,7 +340,8 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
                 weights_only=True,
             )
         except SIGTERMException:
-            raise SystemExit(PREEMPTED_EXIT_CODE) from None
+            code = INTERRUPTED_EXIT_CODE if interrupt.received else PREEMPTED_EXIT_CODE
+            raise SystemExit(code) from None
     if trainer.is_global_zero:
         bar = trainer.progress_bar_callback
         first_step = bar.first_step if isinstance(bar, StepProgressBar) else 0
