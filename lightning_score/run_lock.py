@@ -21,6 +21,22 @@ LOCK_FILE = ".lock"
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
+#: lock descriptors this process holds
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    """A forked child (a DataLoader worker) closes its copies of the held locks: the lock then
+    ends with its holder, not with the last worker to notice the holder died. Closing a copy
+    leaves the parent's lock in place (an ``flock`` lasts until every copy is closed)."""
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class RunDirectoryLocked(RuntimeError):
     """Another live process writes into the same run directory."""
 
@@ -64,11 +80,13 @@ def run_lock(directory: Path, command: str) -> Iterator[None]:
         except FileNotFoundError:
             pass
         os.close(fd)
+    _HELD.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
         yield
     finally:
+        _HELD.discard(fd)
         # Removed while still held: a process waiting on this file finds it gone and retries.
         path.unlink(missing_ok=True)
         if created and not any(directory.iterdir()):

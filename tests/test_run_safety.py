@@ -101,6 +101,36 @@ def test_a_live_run_holds_its_directory_and_a_kill_9_frees_it(tmp_path, capsys):
     assert not (run_dir / LOCK_FILE).exists()  # removed when its holder ends
 
 
+def test_a_forked_child_does_not_keep_the_lock_after_its_holder_dies(tmp_path):
+    """DataLoader workers are forked children of the run: a holder killed with -9 while its
+    child lives on (as a worker does until it notices) must not keep the directory locked."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from lightning_score.run_lock import run_lock
+        with run_lock({str(tmp_path)!r}, "holder"):
+            if os.fork() == 0:  # the child outlives its parent by far
+                time.sleep(30)
+                os._exit(0)
+            print("locked", flush=True)
+            time.sleep(30)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryLocked):
+            with run_lock(tmp_path, "test"):
+                pass
+        proc.kill()
+        proc.wait()
+        with run_lock(tmp_path, "test"):  # the child still sleeps, the lock is free
+            assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-f", "the child outlives its parent"], check=False)
+
+
 def test_train_classifier_and_export_are_refused_on_a_locked_directory(
     tmp_path, checkpoint, capsys
 ):
