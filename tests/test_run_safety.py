@@ -119,9 +119,8 @@ def test_a_forked_child_does_not_keep_the_lock_after_its_holder_dies(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(RunDirectoryLocked):
-            with run_lock(tmp_path, "test"):
-                pass
+        with pytest.raises(RunDirectoryLocked), run_lock(tmp_path, "test"):
+            pass
         proc.kill()
         proc.wait()
         with run_lock(tmp_path, "test"):  # the child still sleeps, the lock is free
