@@ -22,6 +22,7 @@ COMMANDS = {
     "likelihood": "bits/dim through the probability-flow ODE",
     "convert": "convert an official score_sde_pytorch checkpoint or a diffusers model",
     "prepare": "write a data set as LitData chunks for streaming (folder or bucket)",
+    "posthoc-ema": "the EMA of any width after training, from power-EMA snapshots (EDM2)",
     "export": "export a checkpoint as safetensors (+ config, model card) or a diffusers folder",
     "train-classifier": "train a noise-conditional classifier for classifier guidance",
     "sample-classes": "class-conditional samples (classifier or classifier-free guidance)",

@@ -86,7 +86,12 @@ class OptimConfig:
 @dataclass
 class EMAConfig:
     enabled: bool = True
+    # exponential: a constant decay; power: EDM2's power-function EMAs of the widths std_rel (the
+    # first is the checkpoint's EMA), with snapshots for `lscore posthoc-ema`
+    kind: str = "exponential"
     decay: float = 0.999
+    std_rel: list[float] = field(default_factory=lambda: [0.05, 0.10])
+    snapshot_every_n_steps: int = 0  # power: 0 = at every checkpoint.every_n_steps
 
 
 @dataclass
@@ -548,6 +553,18 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
     require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must lie in [0, 1)")
     require(0 < cfg.ema.decay < 1, f"ema.decay must lie in (0, 1), got {cfg.ema.decay}")
+    require(
+        cfg.ema.kind in ("exponential", "power"),
+        f"ema.kind must be exponential or power, got '{cfg.ema.kind}'",
+    )
+    require(
+        len(cfg.ema.std_rel) > 0 and all(0 < s < 12**-0.5 for s in cfg.ema.std_rel),
+        f"ema.std_rel must be widths in (0, 0.2887), e.g. [0.05, 0.10], got {list(cfg.ema.std_rel)}",
+    )
+    require(
+        cfg.ema.snapshot_every_n_steps >= 0,
+        "ema.snapshot_every_n_steps must be >= 0 (0: at every checkpoint.every_n_steps)",
+    )
 
     ev = cfg.evaluation
     require(ev.every_n_steps >= 0, "evaluation.every_n_steps must be >= 0 (0 turns evaluation off)")

@@ -33,7 +33,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.nn import Module
 
-from lightning_score.config import ConfigError, ExperimentConfig, hardware_problem, save_config
+from lightning_score.config import (
+    ConfigError,
+    ExperimentConfig,
+    hardware_problem,
+    save_config,
+    to_dict,
+)
 from lightning_score.data import build_datamodule
 from lightning_score.evaluation import ReferenceStats
 from lightning_score.experiment import check_network_fits, grid_sampling
@@ -47,10 +53,11 @@ from lightning_score.training.checkpoint import (
     run_checkpoints,
     verify_checkpoint,
 )
-from lightning_score.training.ema import EMA
+from lightning_score.training.ema import EMA, PowerEMA
 from lightning_score.training.loggers import build_logger
 from lightning_score.training.logging_callbacks import logging_callbacks
 from lightning_score.training.module import ScoreModule
+from lightning_score.training.posthoc_ema import SNAPSHOT_DIR
 from lightning_score.training.reliability import (
     INTERRUPTED_EXIT_CODE,
     PREEMPTED_EXIT_CODE,
@@ -120,7 +127,11 @@ def method_callbacks(cfg: ExperimentConfig) -> list[Callback]:
     stores it in checkpoints). Callbacks that should see the EMA weights at validation go
     before these in the Trainer's list."""
     callbacks: list[Callback] = [NonFiniteGuard(cfg.trainer.nonfinite)]
-    if cfg.ema.enabled:
+    if cfg.ema.enabled and cfg.ema.kind == "power":
+        every = cfg.ema.snapshot_every_n_steps or cfg.checkpoint.every_n_steps
+        snapshots = cfg.run_dir / SNAPSHOT_DIR
+        callbacks.append(PowerEMA(cfg.ema.std_rel, snapshots, every, to_dict(cfg)))
+    elif cfg.ema.enabled:
         callbacks.append(EMA(decay=cfg.ema.decay))
     return callbacks
 
