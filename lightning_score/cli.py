@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 COMMANDS = {
     "train": "train a score model from a config",
@@ -40,6 +40,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument error in one line (argparse prints the whole usage first, dozens of lines for
+    the sampling commands), with where to read the options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from lightning_score.config import ConfigError
     from lightning_score.data import DataNotFoundError
@@ -60,7 +68,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     """The ``lscore`` parser and the command modules by name."""
     from lightning_score import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lscore",
         description="lightning-score: score-based generative modeling through SDEs",
         epilog="`lscore COMMAND --help` shows a command's options and their defaults",

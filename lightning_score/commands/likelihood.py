@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lightning_score.commands.options import positive
 from lightning_score.commands.sample import check_positive, resolve_device
 from lightning_score.outputs import add_overwrite_argument, check_outputs, write_text
 
@@ -63,13 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--eps",
-        type=float,
+        type=positive,
         default=None,
         help="integrate the ODE from eps to T (default: the smallest training time, loss.eps: "
         "1e-5 for the paper's SDEs as officially, 0.002 for EDM)",
     )
-    parser.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance")
-    parser.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance")
+    parser.add_argument("--rtol", type=positive, default=1e-5, help="ODE relative tolerance")
+    parser.add_argument("--atol", type=positive, default=1e-5, help="ODE absolute tolerance")
     parser.add_argument("--batch-size", type=int, default=128, help="points per ODE solve")
     parser.add_argument(
         "--ema",

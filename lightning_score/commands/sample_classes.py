@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightning_score.commands.options import count, non_negative
 from lightning_score.commands.sample import add_model_arguments, add_sampling_arguments
 from lightning_score.outputs import add_overwrite_argument
 
@@ -29,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--classes", type=_classes, default=None, help="class ids, e.g. 0,3,7 (default: all)"
     )
-    parser.add_argument("--per-class", type=int, default=8, help="samples of each class")
-    parser.add_argument("--scale", type=float, default=1.0, help="guidance scale (1: p(x|y))")
+    parser.add_argument("--per-class", type=count, default=8, help="samples of each class")
+    parser.add_argument(
+        "--scale", type=non_negative, default=1.0, help="guidance scale (1: p(x|y))"
+    )
     parser.add_argument(
         "--classifier", type=Path, default=None, help="noisy classifier for classifier guidance"
     )

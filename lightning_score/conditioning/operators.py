@@ -330,6 +330,17 @@ def load_mask(spec: str, size: tuple[int, int], seed: int = 0) -> Tensor:
     else:
         from PIL import Image
 
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L"))
-    return torch.from_numpy(np.asarray(array, dtype=np.float32) > 0).float()
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("L"))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(
+                f"mask {path} is not a readable image ({err}): give .npy, .npz or an image"
+            ) from None
+    values = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(values).all():  # NaN > 0 is False: it would silently mark pixels missing
+        raise ValueError(
+            f"mask {path} holds {int((~np.isfinite(values)).sum())} NaN or infinite values: give "
+            "a mask of 0 (missing) and 1 (known)"
+        )
+    return torch.from_numpy(values > 0).float()
