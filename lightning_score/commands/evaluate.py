@@ -283,11 +283,20 @@ def run(args: argparse.Namespace) -> int:
             )
         info["reference"] = str(path)
     metrics.set_reference(stats)
+    from lightning_score.progress import progress_bar
+
     first: Tensor | None = None
-    for chunk in chunks:
-        first = chunk[:64] if first is None else first
-        for part in chunk.split(args.batch_size):
-            metrics.update(part.to(device))
+    # an .npz source counts its Inception pass itself (_counted_images); generated batches here
+    counted = progress_bar(
+        total=count,
+        desc="Inception features",
+        unit="image",
+        enabled=args.progress and model is not None,
+    )
+    with counted:
+        for chunk in chunks:
+            first = chunk[:64] if first is None else first
+            metrics.update_counted(chunk.to(device), counted, args.batch_size)
     values = metrics.compute()
     info.update(
         metrics=values, extractor=f"{extractor.name} ({getattr(extractor, 'source', 'custom')})"

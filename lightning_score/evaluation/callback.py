@@ -114,6 +114,7 @@ class EvaluationCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule
     ) -> tuple[dict[str, float], float]:
         """This rank's share of samples into the metric states, then the synced metric values."""
+        from lightning_score.progress import progress_bar
         from lightning_score.sampling.generate import rank_share, stream_samples
 
         assert self.metrics is not None, "setup() runs first"
@@ -125,12 +126,19 @@ class EvaluationCallback(L.Callback):
         nfes = []
         self.metrics.to(pl_module.device)
         self.metrics.reset()
+        share = rank_share(self.num_samples, rank, world)
+        features = progress_bar(
+            total=share,
+            desc=f"Inception features ({', '.join(self.metric_names)})",
+            unit="image",
+            enabled=rank == 0,
+        )
         for batch in stream_samples(
             pl_module.score_model,
             sde,
             pl_module.data_shape,
             self.sampling,
-            num=rank_share(self.num_samples, rank, world),
+            num=share,
             batch_size=self.batch_size,
             seed=self.seed,
             rank=rank,
@@ -139,10 +147,11 @@ class EvaluationCallback(L.Callback):
             desc=f"evaluation samples ({self.sampling.sampler}, {world} rank(s))",
         ):
             images = to_uint8(sde.unscale_data(batch.samples).clamp(0, 1))
-            self.metrics.update(images)
+            self.metrics.update_counted(images, features)
             nfes.append(batch.nfe)
             if self.save_samples or (rank == 0 and sum(len(k) for k in kept) < self.grid):
                 kept.append(images.cpu())
+        features.close()
         pl_module.train(was_training)
         values = self.metrics.compute()  # collective: every rank gets here
         self._write_outputs(trainer.global_step, rank, kept)
