@@ -102,6 +102,8 @@ def plot_loss_curve(train: Curve, val: Curve, path: Path) -> Path:
     values = [loss for _, loss in train + val if loss > 0]
     if values and max(values) / min(values) > 10:
         ax.set_yscale("log")
+    else:  # plain numbers, not an offset such as 1e-5 + 1.0936
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("loss")

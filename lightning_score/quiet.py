@@ -43,6 +43,7 @@ LOG_PREFIXES = (
     "HPU available:",
     "GPU available: ",  # not "GPU available but not used", a warning about the user's setting
     "Found current_model_state in the checkpoint",  # EMA weights on resume
+    "`Trainer.fit` stopped: `max_steps=",  # the run summary says so ("done: step N/N")
 )
 LIGHTNING_INFO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",

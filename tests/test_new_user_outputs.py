@@ -124,8 +124,15 @@ def test_a_run_starts_with_a_banner_counts_inception_and_draws_the_loss(
     counts = re.findall(r"^Inception features \(fid, kid\): (\d+)/40", err, re.M)
     assert counts[-1] == "40" and len(counts) >= 2, err[-2000:]
     assert (run_dir / "loss.png").stat().st_size > 0
+    with Image.open(run_dir / "eval" / "eval_step0000004.png") as png:
+        assert re.fullmatch(r"step 4, pc, \d+ NFE", png.text["Title"]), png.text
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    curve = next(v for k, v in ckpt["callbacks"].items() if "LossCurvePlot" in k)
+    assert [s for s, _ in curve["train"]] == [1, 2, 3, 4]  # logging every step
+    # kept for a resumed run's plot; step 4's validation runs after step 4's checkpoint is saved
+    assert [s for s, _ in curve["val"]] == [2]
     assert images_logged.count("train/loss_plot") >= 2  # after each validation, and at the end
     assert f"loss curve: {run_dir / 'loss.png'}" in out
-    noise = ("v_num", "Trainable params", "GPU available:", "💡")
+    noise = ("v_num", "Trainable params", "GPU available:", "💡", "`Trainer.fit` stopped")
     shown = out + err + caplog.text
     assert not [n for n in noise if n in shown], [n for n in noise if n in shown]

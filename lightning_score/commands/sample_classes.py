@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.outputs import check_outputs
     from lightning_score.training.checkpoint import load_score_model
 
-    if args.per_class < 1:
-        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
     given = [Path(args.checkpoint), *(p for p in (args.classifier, args.judge) if p is not None)]
     check_outputs([args.out / name for name in CLASS_SAMPLE_FILES], args.overwrite, given)
     device = resolve_device(args.device)

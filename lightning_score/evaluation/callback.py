@@ -154,10 +154,12 @@ class EvaluationCallback(L.Callback):
         features.close()
         pl_module.train(was_training)
         values = self.metrics.compute()  # collective: every rank gets here
-        self._write_outputs(trainer.global_step, rank, kept)
-        return values, float(np.mean(nfes)) if nfes else 0.0
+        nfe = float(np.mean(nfes)) if nfes else 0.0
+        caption = f"step {trainer.global_step}, {self.sampling.sampler}, {nfe:g} NFE"
+        self._write_outputs(trainer.global_step, rank, kept, caption)
+        return values, nfe
 
-    def _write_outputs(self, step: int, rank: int, kept: list[Tensor]) -> None:
+    def _write_outputs(self, step: int, rank: int, kept: list[Tensor], caption: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         images = torch.cat(kept) if kept else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
         if self.save_samples:
@@ -166,4 +168,4 @@ class EvaluationCallback(L.Callback):
         if rank == 0 and len(images):
             from lightning_score.images import save_grid
 
-            save_grid(images[: self.grid], self.out_dir / f"eval_step{step:07d}.png", "")
+            save_grid(images[: self.grid], self.out_dir / f"eval_step{step:07d}.png", caption)
