@@ -115,6 +115,23 @@ def test_bad_image_arrays_are_refused_not_clamped(
     assert phrase in str(err.value) and str(path) in str(err.value), err.value
 
 
+@pytest.mark.parametrize("content", [b"hello\n", bytes(range(256)) * 4, b"PK\x03\x04 cut"])
+def test_files_that_are_not_numpy_arrays_are_refused_without_unsafe_advice(
+    content: bytes, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        load_images(path, (1, 8, 8))
+    message = str(err.value)
+    assert str(path) in message and "not a numpy file of plain arrays" in message, message
+    assert "pickle" not in message.lower(), message  # numpy's own text suggests unsafe loading
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, images=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="holding Python objects"):
+        load_images(objects, (1, 8, 8))
+
+
 def test_valid_float_and_uint8_arrays_still_load(tmp_path: Path) -> None:
     floats = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
     x = load_images(_npz(tmp_path / "f.npz", images=floats), (1, 8, 8))
@@ -155,6 +172,12 @@ def test_commands_refuse_bad_arrays_and_nan_masks(
         capsys,
         [*base, "--input", str(good), "--mask", str(tmp_path / "mask.npy")],
         "mask.npy holds 32 NaN or infinite values",
+    )
+    (tmp_path / "text.npy").write_text("not a mask")
+    _refused(
+        capsys,
+        [*base, "--input", str(good), "--mask", str(tmp_path / "text.npy")],
+        "text.npy is not a numpy file of plain arrays",
     )
     assert not out.exists()
 

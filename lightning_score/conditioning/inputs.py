@@ -9,6 +9,7 @@ black without a word, and the PSNR against such a "truth" would mean nothing.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,30 @@ from lightning_score.data.image_sets import IMAGE_SUFFIXES, UnreadableImageError
 NPZ_KEYS = ("images", "arr_0")
 #: float images may exceed [0, 1] by rounding (a float32 conversion of uint8 data) this much
 RANGE_SLACK = 1e-4
+
+
+def read_array(path: Path, keys: Sequence[str] = (), what: str = "images") -> np.ndarray:
+    """The first of ``keys`` held by an ``.npz`` (no keys: its first array; an ``.npy``: its
+    array), read without unpickling. A file numpy cannot read as arrays is refused in one line;
+    numpy's own message would suggest loading it unsafely."""
+    try:
+        with open(path, "rb") as fh:
+            data = np.load(fh, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                return data
+            with data:
+                names = [k for k in keys if k in data.files] if keys else data.files[:1]
+                if names:
+                    return data[names[0]]
+                held = ", ".join(data.files) or "no arrays"
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise ValueError(
+            f"{path} is not a numpy file of plain arrays (not an .npz/.npy, cut short, or holding "
+            f"Python objects): save the {what} with numpy.savez"
+        ) from None
+    wanted = f"{what} under {' or '.join(keys)}" if keys else what
+    example = f"{keys[0]}=..." if keys else "..."
+    raise ValueError(f"{path} holds {held}, not {wanted}: save them as np.savez(path, {example})")
 
 
 def _from_array(array: np.ndarray, source: object = "the input") -> Tensor:
@@ -113,14 +138,7 @@ def load_images(
     if path.is_dir():
         images = _read_folder(path)
     elif path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in NPZ_KEYS if k in data.files), None)
-            if key is None:
-                raise ValueError(
-                    f"{path} holds {', '.join(data.files) or 'no arrays'}, not images under "
-                    f"{' or '.join(NPZ_KEYS)}: save them as np.savez(path, images=...)"
-                )
-            images = _from_array(data[key], path)
+        images = _from_array(read_array(path, NPZ_KEYS), path)
     else:
         raise ValueError(f"input {path} is neither an .npz file nor a folder of images")
     if len(data_shape) != 3:

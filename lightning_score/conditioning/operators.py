@@ -322,11 +322,10 @@ def load_mask(spec: str, size: tuple[int, int], seed: int = 0) -> Tensor:
         raise ValueError(
             f"mask '{spec}' is neither a mask name ({', '.join(MASK_NAMES)}) nor an existing file"
         )
-    if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            array = data[data.files[0]]
+    if path.suffix in (".npy", ".npz"):
+        from lightning_score.conditioning.inputs import read_array
+
+        array = read_array(path, what="mask")
     else:
         from PIL import Image
 
