@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from lightning_score.experiment import load_config
     from lightning_score.images import save_grid
+    from lightning_score.progress import progress_bar
     from lightning_score.sampling import check_sampling
     from lightning_score.training.checkpoint import load_score_model
 
@@ -283,8 +284,6 @@ def run(args: argparse.Namespace) -> int:
             )
         info["reference"] = str(path)
     metrics.set_reference(stats)
-    from lightning_score.progress import progress_bar
-
     first: Tensor | None = None
     # an .npz source counts its Inception pass itself (_counted_images); generated batches here
     counted = progress_bar(

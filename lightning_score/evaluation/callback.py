@@ -133,25 +133,25 @@ class EvaluationCallback(L.Callback):
             unit="image",
             enabled=rank == 0,
         )
-        for batch in stream_samples(
-            pl_module.score_model,
-            sde,
-            pl_module.data_shape,
-            self.sampling,
-            num=share,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            rank=rank,
-            device=pl_module.device,
-            progress=rank == 0,
-            desc=f"evaluation samples ({self.sampling.sampler}, {world} rank(s))",
-        ):
-            images = to_uint8(sde.unscale_data(batch.samples).clamp(0, 1))
-            self.metrics.update_counted(images, features)
-            nfes.append(batch.nfe)
-            if self.save_samples or (rank == 0 and sum(len(k) for k in kept) < self.grid):
-                kept.append(images.cpu())
-        features.close()
+        with features:
+            for batch in stream_samples(
+                pl_module.score_model,
+                sde,
+                pl_module.data_shape,
+                self.sampling,
+                num=share,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                rank=rank,
+                device=pl_module.device,
+                progress=rank == 0,
+                desc=f"evaluation samples ({self.sampling.sampler}, {world} rank(s))",
+            ):
+                images = to_uint8(sde.unscale_data(batch.samples).clamp(0, 1))
+                self.metrics.update_counted(images, features)
+                nfes.append(batch.nfe)
+                if self.save_samples or (rank == 0 and sum(len(k) for k in kept) < self.grid):
+                    kept.append(images.cpu())
         pl_module.train(was_training)
         values = self.metrics.compute()  # collective: every rank gets here
         nfe = float(np.mean(nfes)) if nfes else 0.0
