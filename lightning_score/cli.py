@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 COMMANDS = {
     "train": "train a score model from a config",
@@ -53,6 +53,14 @@ USER_ERRORS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument error in one line (argparse prints the whole usage first, dozens of lines for
+    the sampling commands), with where to read the options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     loaded = tuple(
         getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
@@ -64,7 +72,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     """The ``lscore`` parser and the command modules by name."""
     from lightning_score import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lscore",
         description="lightning-score: score-based generative modeling through SDEs",
         epilog="`lscore COMMAND --help` shows a command's options and their defaults",

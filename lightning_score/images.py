@@ -46,13 +46,41 @@ def upscale_for_viewing(images: Tensor, min_size: int = 32) -> Tensor:
     return torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
 
 
+#: pixels of mid grey between tiles: without them dark-background images (digits) merge into strips
+GRID_GAP = 2
+GAP_GREY = 0.5
+
+
 def image_grid(images01: Tensor, nrow: int | None = None) -> Tensor:
-    """A (3 or 1, H, W) grid of images in [0, 1] (uint8 accepted), tiny images upscaled."""
+    """A (3, H, W) grid of images in [0, 1] (uint8 accepted), tiny images upscaled, with a grey
+    gap between tiles that neither a dark nor a light background hides."""
     from torchvision.utils import make_grid
 
     images = images01.float() / 255 if images01.dtype == torch.uint8 else images01.float()
     nrow = nrow or max(1, int(images.shape[0] ** 0.5))
-    return make_grid(upscale_for_viewing(images.clamp(0, 1).cpu()), nrow=nrow, padding=1)
+    tiles = upscale_for_viewing(images.clamp(0, 1).cpu())
+    return make_grid(tiles, nrow=nrow, padding=GRID_GAP, pad_value=GAP_GREY)
+
+
+def save_captioned(grid: Tensor, path: Path, caption: str) -> None:
+    """``grid`` as a PNG with ``caption`` (step, sampler, NFE) written in a white strip below it
+    and stored as the PNG's ``Title`` text, so that a grid says what made it."""
+    from PIL import Image, ImageDraw, ImageFont
+    from PIL.PngImagePlugin import PngInfo
+
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(pixels if pixels.shape[2] == 3 else pixels[..., 0])
+    if caption:
+        font = ImageFont.load_default(size=11)
+        left, top, right, bottom = font.getbbox(caption)
+        width = max(image.width, right - left + 8)
+        canvas = Image.new(image.mode, (width, image.height + bottom - top + 8), "white")
+        canvas.paste(image, (0, 0))
+        ImageDraw.Draw(canvas).text((4, image.height + 4 - top), caption, fill="black", font=font)
+        image = canvas
+    info = PngInfo()
+    info.add_text("Title", caption)
+    image.save(path, format="PNG", pnginfo=info)
 
 
 def save_points_plot(
@@ -81,16 +109,15 @@ def save_points_plot(
 def save_grid(
     samples: Tensor, path: Path, title: str, reference: Tensor | None = None
 ) -> Tensor | None:
-    """A PNG grid for images in [0, 1] (or uint8), a scatter plot for 2-D points (over the data
-    points ``reference`` when given); returns the image grid (for loggers), or None for points."""
-    from torchvision.utils import save_image
-
+    """A PNG grid for images in [0, 1] (or uint8) captioned with ``title``, a scatter plot for
+    2-D points (over the data points ``reference`` when given); returns the image grid (for
+    loggers), or None for points."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if samples.dim() == 2:
         save_points_plot(samples, path, title, reference)
         return None
     grid = image_grid(samples)
-    save_image(grid, path)
+    save_captioned(grid, path, title)
     return grid
 
 

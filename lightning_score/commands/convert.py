@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_score.commands.options import positive
 from lightning_score.outputs import (
     add_overwrite_argument,
     atomic_path,
@@ -58,13 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sde", choices=["vesde", "vpsde", "subvpsde", "edm"], help="SDE of the model"
     )
     preset.add_argument(
-        "--sigma-min", type=float, default=None, help="VE / EDM sigma_min (default: the SDE's)"
+        "--sigma-min", type=positive, default=None, help="VE / EDM sigma_min (default: the SDE's)"
     )
     preset.add_argument(
-        "--sigma-max", type=float, default=None, help="VE / EDM sigma_max (default: the SDE's)"
+        "--sigma-max", type=positive, default=None, help="VE / EDM sigma_max (default: the SDE's)"
     )
-    preset.add_argument("--beta-min", type=float, default=0.1, help="VP / sub-VP beta_min")
-    preset.add_argument("--beta-max", type=float, default=20.0, help="VP / sub-VP beta_max")
+    preset.add_argument("--beta-min", type=positive, default=0.1, help="VP / sub-VP beta_min")
+    preset.add_argument("--beta-max", type=positive, default=20.0, help="VP / sub-VP beta_max")
     preset.add_argument("--num-scales", type=int, default=1000, help="the SDE's N")
     hub = parser.add_argument_group("diffusers model folder (UNet2DModel + scheduler)")
     hub.add_argument("--data", help="data set it was trained on (data.name, e.g. cifar10)")

@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from lightning_score.experiment import load_config
     from lightning_score.images import save_grid
+    from lightning_score.progress import progress_bar
     from lightning_score.sampling import check_sampling
     from lightning_score.training.checkpoint import load_model
 
@@ -301,10 +302,17 @@ def run(args: argparse.Namespace) -> int:
         info["reference_set"] = f"{exp.data.name} training split, {len(batches)} images"
     metrics.set_reference(stats)
     first: Tensor | None = None
-    for chunk in chunks:
-        first = chunk[:64] if first is None else first
-        for part in chunk.split(args.batch_size):
-            metrics.update(part.to(device))
+    # an .npz source counts its Inception pass itself (_counted_images); generated batches here
+    counted = progress_bar(
+        total=count,
+        desc="Inception features",
+        unit="image",
+        enabled=args.progress and model is not None,
+    )
+    with counted:
+        for chunk in chunks:
+            first = chunk[:64] if first is None else first
+            metrics.update_counted(chunk.to(device), counted, args.batch_size)
     values = metrics.compute()
     info.update(
         num_samples=count,

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lightning_score.commands.options import count, non_negative, positive
 from lightning_score.commands.sample import add_model_arguments, add_sampling_arguments
 from lightning_score.outputs import add_overwrite_argument
 
@@ -25,8 +26,8 @@ def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint's data set)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--num-images", type=int, default=8, help="how many inputs to use")
-    parser.add_argument("--samples", type=int, default=4, help="posterior samples per input")
+    parser.add_argument("--num-images", type=count, default=8, help="how many inputs to use")
+    parser.add_argument("--samples", type=count, default=4, help="posterior samples per input")
     parser.add_argument(
         "--conditioning",
         choices=("projection", "dps"),
@@ -34,19 +35,19 @@ def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
         help="projection (noiseless y; fixed-grid samplers) or dps (measurement gradient)",
     )
     parser.add_argument(
-        "--noise-std", type=float, default=0.0, help="measurement noise std (model space)"
+        "--noise-std", type=non_negative, default=0.0, help="measurement noise std (model space)"
     )
-    parser.add_argument("--scale", type=float, default=1.0, help="dps: measurement weight")
+    parser.add_argument("--scale", type=non_negative, default=1.0, help="dps: measurement weight")
     parser.add_argument(
         "--data-std",
-        type=float,
+        type=non_negative,
         default=None,
         help="dps: data std for the posterior-variance term (default: the model's sigma_data; "
         "0 drops the term and uses the network's Jacobian throughout: plain DPS)",
     )
     parser.add_argument(
         "--network-sigma",
-        type=float,
+        type=positive,
         default=None,
         help="dps: noise level below which the denoiser's Jacobian comes from the network (above "
         "it: the Gaussian one); default 10 x the data std",

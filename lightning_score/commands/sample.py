@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lightning_score.commands.options import finite, number
 from lightning_score.config import SamplingConfig
 from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 
@@ -70,7 +71,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
-            kind = float if default is None else type(default)  # eps: float | None
+            kind = type(default) if isinstance(default, (int, str)) else finite  # eps: float | None
+            if f.name == "s_tmax":  # inf: churn at every noise level, EDM's default
+                kind = number(float, at_least=0, infinite_ok=True)
             group.add_argument(
                 flag, type=kind, default=None, metavar=f.name.upper(), help=help_text
             )

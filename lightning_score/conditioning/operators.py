@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_score.images import load_numpy
 from lightning_score.sde import batch_broadcast
 
 
@@ -328,14 +327,24 @@ def load_mask(spec: str, size: tuple[int, int], seed: int = 0) -> Tensor:
         raise ValueError(
             f"mask '{spec}' is neither a mask name ({', '.join(MASK_NAMES)}) nor an existing file"
         )
-    if path.suffix == ".npy":
-        array = load_numpy(path)
-    elif path.suffix == ".npz":
-        with load_numpy(path) as data:
-            array = data[data.files[0]]
+    if path.suffix in (".npy", ".npz"):
+        from lightning_score.conditioning.inputs import read_array
+
+        array = read_array(path, what="mask")
     else:
         from PIL import Image
 
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L"))
-    return torch.from_numpy(np.asarray(array, dtype=np.float32) > 0).float()
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("L"))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(
+                f"mask {path} is not a readable image ({err}): give .npy, .npz or an image"
+            ) from None
+    values = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(values).all():  # NaN > 0 is False: it would silently mark pixels missing
+        raise ValueError(
+            f"mask {path} holds {int((~np.isfinite(values)).sum())} NaN or infinite values: give "
+            "a mask of 0 (missing) and 1 (known)"
+        )
+    return torch.from_numpy(values > 0).float()

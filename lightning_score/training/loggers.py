@@ -62,6 +62,10 @@ class ScoreWandbLogger(WandbLogger):
     def __init__(self, *args: Any, id_file: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.id_file = id_file
+        # Lightning passes anonymous=None when it is unset, which newer wandb versions answer
+        # with a deprecation warning on every run; unset means leaving it out.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:

@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.nn import Module
 
@@ -69,7 +69,7 @@ from lightning_score.training.reliability import (
 )
 from lightning_score.training.sample_grids import SampleGridCallback
 from lightning_score.training.speed import CompileTimer, apply_speed_options
-from lightning_score.training.step_progress import StepProgressBar, run_summary
+from lightning_score.training.step_progress import StepProgressBar, run_summary, start_banner
 
 
 def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | ReferenceStats:
@@ -202,6 +202,7 @@ def build_trainer(
         logger=build_logger(cfg, resume_step),
         callbacks=[*build_callbacks(cfg), *callbacks],
         plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,  # the start banner gives the parameter count
     )
 
 
@@ -306,6 +307,11 @@ class ConfiguredOptimizer(Callback):
             scheduler.step()
 
 
+@rank_zero_only
+def _announce(text: str) -> None:
+    print(text, flush=True)
+
+
 def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
     """Run training for ``cfg`` (continuing as ``cfg.resume`` says) and return the run directory.
 
@@ -338,6 +344,8 @@ def _train(cfg: ExperimentConfig, callbacks: Sequence[Callback]) -> Path:
         if any(change.startswith("optim.") for change in changes):
             own.append(ConfiguredOptimizer())
     apply_speed_options(module.score_model, cfg.trainer)
+    parameters = sum(p.numel() for p in module.score_model.parameters())
+    _announce(start_banner(cfg, point.step if point else 0, parameters))
     trainer = build_trainer(cfg, [*own, *callbacks], resume_step=point.step if point else 0)
     start = time.perf_counter()
     with warnings.catch_warnings():
