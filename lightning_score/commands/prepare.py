@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from lightning_score.commands.options import number
+
 #: the keys of lightning_score.data.prepare.SOURCES, listed here so that --help needs no torch
 SOURCE_NAMES = ("cifar10", "celeba", "lsun", "folder", "fashion_mnist")
 
@@ -30,7 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--categories", nargs="+", default=["bedroom"], help="LSUN categories (as data.categories)"
     )
     parser.add_argument(
-        "--val-fraction", type=float, default=0.01, help="folder: share held out for validation"
+        "--val-fraction",
+        type=number(float, above=0, at_most=1),
+        default=0.01,
+        help="folder: share held out for validation",
     )
     parser.add_argument("--seed", type=int, default=0, help="folder: seed of the val split")
     parser.add_argument(
