@@ -34,10 +34,14 @@ from lightning_score.conditioning.operators import (
     LinearOperator,
     Mask,
 )
-from lightning_score.conditioning.particles import smc_sample, systematic_resample
+from lightning_score.conditioning.particles import smc_classes, smc_sample, systematic_resample
 from lightning_score.config import SamplingConfig
 from lightning_score.sampling import make_generator
-from lightning_score.sampling.analytic import gaussian_cov_score
+from lightning_score.sampling.analytic import (
+    gaussian_cov_score,
+    gaussian_mixture_classifier,
+    gaussian_mixture_score,
+)
 from lightning_score.sampling.base import chain_step, kernel
 from lightning_score.sampling.schedules import time_grid
 from lightning_score.sde import SDE, VESDE, VPSDE
@@ -273,3 +277,40 @@ def test_inpaint_and_inverse_commands_take_method_smc(checkpoint, tmp_path, caps
     command = ["inverse", *base, "--task", "superres", "--noise-std", "0.05"]
     assert main([*command, "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
     assert '"particles": 4' in (tmp_path / "b" / "metrics.json").read_text()
+
+
+# -- classes: TDS with a noisy classifier ------------------------------------------------------
+MIX_WEIGHTS, MIX_MEANS, MIX_STDS = (0.5, 0.5), torch.tensor([[0.5, 0.0], [-0.5, 0.0]]), (0.5, 0.5)
+
+
+def _class_mean_error(sde: SDE, classifier, k: int, particles: int = 8000) -> tuple[float, Tensor]:
+    """Weighted mean of class 0's particles minus component 0's mean, in its sd (0.5)."""
+    score = gaussian_mixture_score(sde, MIX_WEIGHTS, MIX_MEANS, MIX_STDS)
+    labels = torch.zeros(particles // k, dtype=torch.long)
+    cfg = SamplingConfig(steps=50)
+    result = smc_classes(
+        score, classifier, sde, labels, 2, (2,), cfg, particles=k, generator=make_generator(k)
+    )
+    w = result.weights.reshape(-1, 1) / result.weights.shape[0]
+    mean = (w * result.particles.reshape(-1, 2)).sum(0)
+    return float(((mean - MIX_MEANS[0]) / 0.5).abs().max()), result.ess
+
+
+def test_smc_classes_with_the_exact_classifier_keeps_the_weights_even() -> None:
+    """Two overlapping components; the exact noisy classifier is the optimal twist: the weights
+    stay nearly even (measured ESS >= 15.3 of 16) and class 0's particles have component 0's
+    mean (p(x | c) is it; measured 0.03 sd off)."""
+    sde = VPSDE()
+    exact = gaussian_mixture_classifier(sde, MIX_WEIGHTS, MIX_MEANS, MIX_STDS)
+    err, ess = _class_mean_error(sde, exact, 16)
+    assert err < 0.05 and ess.min() > 12, (err, ess.min())
+
+
+def test_smc_classes_corrects_a_classifier_wrong_at_intermediate_times() -> None:
+    """A classifier exact at t = 0 but too sharp before (it reads the time as 0.6 t), where
+    plain guidance is biased: the error falls with K (measured 0.24, 0.16, 0.09, 0.06 sd; at
+    100 steps and 16,000 particles 0.24, 0.14, 0.07, 0.05)."""
+    sde = VPSDE()
+    exact = gaussian_mixture_classifier(sde, MIX_WEIGHTS, MIX_MEANS, MIX_STDS)
+    errs = [_class_mean_error(sde, lambda x, t: exact(x, 0.6 * t), k)[0] for k in (1, 4, 16, 64)]
+    assert errs[0] > 0.15 and errs[0] > errs[1] > errs[2] and errs[3] < errs[0] / 3, errs

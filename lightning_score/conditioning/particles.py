@@ -33,10 +33,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_score.conditioning.guidance import NoisyClassifier, class_labels
 from lightning_score.conditioning.operators import LinearOperator
 from lightning_score.config import SamplingConfig
 from lightning_score.sampling.base import (
@@ -166,6 +169,99 @@ class _Measurement:
         return x, log_ratio
 
 
+class Twist(Protocol):
+    """What the particle filter needs of a conditioning: its twist and its proposal."""
+
+    def log(self, x: Tensor, t: float, score: Tensor) -> tuple[Tensor, Tensor]:
+        """log G_t(x_t) per particle (up to a constant shared by all), and what ``move`` needs
+        of x_t (carried through resampling)."""
+        ...
+
+    def move(
+        self, mean: Tensor, var: Tensor, s: float, aux: Tensor, gen: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """x_s ~ q(x_s | x_t) for the reverse step N(mean, var I), and log N(x_s; mean, var I)
+        - log q(x_s | x_t)."""
+        ...
+
+
+def _check_smc(particles: int, ess_threshold: float) -> None:
+    if particles < 1:
+        raise ValueError(f"the smc method needs at least 1 particle, got {particles}")
+    if not 0 <= ess_threshold <= 1:
+        raise ValueError(f"the ESS threshold is a fraction of K in [0, 1], got {ess_threshold}")
+
+
+def twisted_smc(
+    score_fn: ScoreFn,
+    sde: SDE,
+    cfg: SamplingConfig,
+    twist: Twist,
+    shape: tuple[int, ...],
+    *,
+    ess_threshold: float = ESS_THRESHOLD,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ParticleResult:
+    """The particle filter: ``shape`` = (N runs, K particles, *data_shape); returns the final
+    denoising step D(x_eps) of every particle and its weight within its run."""
+    n, k, data_shape = shape[0], shape[1], shape[2:]
+    eps = sde.default_eps if cfg.eps is None else cfg.eps
+    ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho, auto=sde.pc_schedule)
+    score = CountingScore(score_fn)
+    x = sde.prior_sampling((n * k, *data_shape), generator, device, dtype)
+    pending = torch.zeros(n * k, dtype=dtype, device=device)  # log p / q of the last move
+    log_w = torch.zeros(n, k, dtype=dtype, device=device)
+    ess_trace, resamples = [], torch.zeros(n, dtype=torch.long)
+    with torch.no_grad():
+        for t, s in pairwise(ts):
+            score_t = score(x, batch_time(t, x))
+            here, aux = twist.log(x, t, score_t)
+            log_w = log_w + (pending + here).view(n, k)
+            weights = torch.softmax(log_w, dim=1)
+            ess = 1 / weights.pow(2).sum(1)
+            ess_trace.append(ess.cpu())
+            low = ess < ess_threshold * k
+            if bool(low.any()):
+                idx = systematic_resample(weights[low], generator)
+                x, score_t, here, aux = (
+                    _gather(v, low, idx, n, k) for v in (x, score_t, here, aux)
+                )
+                log_w[low] = 0.0
+                resamples += low.cpu()
+            a, g2, _, _ = chain_step(sde, t, s, x)
+            mean = (2 - a) * x + g2 * score_t  # eq. 46 without its noise
+            x, log_ratio = twist.move(mean, g2, s, aux, generator)
+            pending = log_ratio - here
+        score_eps = score(x, batch_time(ts[-1], x))
+        here, _ = twist.log(x, ts[-1], score_eps)
+        log_w = log_w + (pending + here).view(n, k)
+        alpha, std = kernel(sde, ts[-1], x)
+        x0 = (x + std**2 * score_eps) / alpha  # Tweedie's denoiser
+    return ParticleResult(
+        particles=x0.view(n, k, *data_shape),
+        weights=torch.softmax(log_w, dim=1),
+        ess=torch.stack(ess_trace),
+        resamples=resamples,
+        nfe=score.nfe,
+    )
+
+
+class _LinearTwist:
+    """The twist and Kalman proposal of y = A x + e (module doc)."""
+
+    def __init__(self, sde: SDE, meas: _Measurement, data_std: float) -> None:
+        self.sde, self.meas, self.data_std = sde, meas, data_std
+
+    def log(self, x: Tensor, t: float, score: Tensor) -> tuple[Tensor, Tensor]:
+        return self.meas.twist(self.sde, x, t, score, self.data_std)
+
+    def move(self, mean, var, s, aux, gen) -> tuple[Tensor, Tensor]:
+        obs = self.meas.pseudo(self.sde, mean, aux, s, self.data_std)
+        return self.meas.propose(mean, var, obs, gen)
+
+
 def smc_sample(
     score_fn: ScoreFn,
     sde: SDE,
@@ -186,59 +282,73 @@ def smc_sample(
     sigma_data) shapes the twist only: any value > 0 keeps the limit exact. The particles are
     the final denoising step D(x_eps), projected onto A x = y when ``noise_std`` is 0.
     """
-    if particles < 1:
-        raise ValueError(f"the smc method needs at least 1 particle, got {particles}")
-    if not 0 <= ess_threshold <= 1:
-        raise ValueError(f"the ESS threshold is a fraction of K in [0, 1], got {ess_threshold}")
+    _check_smc(particles, ess_threshold)
     if noise_std < 0:
         raise ValueError(f"the measurement noise std must be >= 0, got {noise_std}")
     if not data_std > 0:
         raise ValueError(f"the smc twist needs the data std > 0, got {data_std}")
     n, k = y.shape[0], particles
     ys = y.repeat_interleave(k, dim=0)
-    eps = sde.default_eps if cfg.eps is None else cfg.eps
-    ts = time_grid(sde, cfg.steps, eps, cfg.schedule, cfg.rho, auto=sde.pc_schedule)
-    meas = _Measurement(operator, ys, noise_std)
-    score = CountingScore(score_fn)
-    data_shape = operator.adjoint(ys[:1]).shape[1:]
-    x = sde.prior_sampling((n * k, *data_shape), generator, y.device, y.dtype)
-    _check_operator(operator, x)
-    pending = torch.zeros(n * k, dtype=y.dtype, device=y.device)  # log p / q of the last move
-    log_w = torch.zeros(n, k, dtype=y.dtype, device=y.device)
-    ess_trace, resamples = [], torch.zeros(n, dtype=torch.long)
-    with torch.no_grad():
-        for t, s in pairwise(ts):
-            score_t = score(x, batch_time(t, x))
-            here, denoised = meas.twist(sde, x, t, score_t, data_std)
-            log_w = log_w + (pending + here).view(n, k)
-            weights = torch.softmax(log_w, dim=1)
-            ess = 1 / weights.pow(2).sum(1)
-            ess_trace.append(ess.cpu())
-            low = ess < ess_threshold * k
-            if bool(low.any()):
-                idx = systematic_resample(weights[low], generator)
-                x, score_t, here, denoised = (
-                    _gather(v, low, idx, n, k) for v in (x, score_t, here, denoised)
-                )
-                log_w[low] = 0.0
-                resamples += low.cpu()
-            a, g2, _, _ = chain_step(sde, t, s, x)
-            mean = (2 - a) * x + g2 * score_t  # eq. 46 without its noise
-            obs = meas.pseudo(sde, mean, denoised, s, data_std)
-            x, log_ratio = meas.propose(mean, g2, obs, generator)
-            pending = log_ratio - here
-        score_eps = score(x, batch_time(ts[-1], x))
-        here, x0 = meas.twist(sde, x, ts[-1], score_eps, data_std)
-        log_w = log_w + (pending + here).view(n, k)
-        if noise_std == 0:
-            x0 = operator.project(x0, ys)
-    return ParticleResult(
-        particles=x0.view(n, k, *data_shape),
-        weights=torch.softmax(log_w, dim=1),
-        ess=torch.stack(ess_trace),
-        resamples=resamples,
-        nfe=score.nfe,
-    )
+    data_shape = tuple(operator.adjoint(ys[:1]).shape[1:])
+    _check_operator(operator, ys.new_zeros(1, *data_shape))
+    twist = _LinearTwist(sde, _Measurement(operator, ys, noise_std), data_std)
+    result = twisted_smc(
+        score_fn, sde, cfg, twist, (n, k, *data_shape), ess_threshold=ess_threshold,
+        generator=generator, device=y.device, dtype=y.dtype,
+    )  # fmt: skip
+    if noise_std == 0:
+        flat = operator.project(result.particles.flatten(0, 1), ys)
+        result.particles = flat.view(n, k, *data_shape)
+    return result
+
+
+class _ClassTwist:
+    """TDS for a class: the twist is the noisy classifier's p_t(c | x_t), the proposal the
+    classifier-guided step N(mean + var grad log p_t(c | x_t), var I) (Wu et al. 2023)."""
+
+    def __init__(self, classifier: NoisyClassifier, labels: Tensor) -> None:
+        self.classifier, self.labels = classifier, labels
+
+    def log(self, x: Tensor, t: float, score: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            logits = self.classifier(x_in, batch_time(t, x_in))
+            log_p = F.log_softmax(logits, dim=1).gather(1, self.labels[:, None])[:, 0]
+            (grad,) = torch.autograd.grad(log_p.sum(), x_in)
+        return log_p.detach().to(x.dtype), grad.to(x.dtype)
+
+    def move(self, mean, var, s, aux, gen) -> tuple[Tensor, Tensor]:
+        shift = var * aux
+        noise = var.sqrt() * noise_like(mean, gen)
+        # log N(x; mean, var) - log N(x; mean + shift, var) at x = mean + shift + noise
+        log_ratio = -((shift + noise).pow(2) - noise.pow(2)).flatten(1).sum(1) / (2 * var)
+        return mean + shift + noise, log_ratio
+
+
+def smc_classes(
+    score_fn: ScoreFn,
+    classifier: NoisyClassifier,
+    sde: SDE,
+    labels: Tensor,
+    num_classes: int,
+    data_shape: Sequence[int],
+    cfg: SamplingConfig,
+    *,
+    particles: int,
+    ess_threshold: float = ESS_THRESHOLD,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> ParticleResult:
+    """K = ``particles`` weighted particles of p(x | c) for each label: the chain conditioned on
+    the classifier at eps, exact as K grows when that classifier is p(c | x). One classifier
+    forward and backward per particle and step besides the score."""
+    _check_smc(particles, ess_threshold)
+    wanted = class_labels(labels, num_classes).to(device)
+    twist = _ClassTwist(classifier, wanted.repeat_interleave(particles))
+    return twisted_smc(
+        score_fn, sde, cfg, twist, (wanted.shape[0], particles, *data_shape),
+        ess_threshold=ess_threshold, generator=generator, device=device,
+    )  # fmt: skip
 
 
 def smc_solve(
@@ -287,7 +397,10 @@ __all__ = [
     "ESS_THRESHOLD",
     "ParticleResult",
     "ParticleSamples",
+    "Twist",
+    "smc_classes",
     "smc_sample",
     "smc_solve",
     "systematic_resample",
+    "twisted_smc",
 ]
