@@ -77,8 +77,8 @@ class ParticleResult:
 
     def draw(self, generator: torch.Generator | None = None) -> Tensor:
         """One particle per run, drawn by the weights: (N, *data_shape), the posterior sample."""
-        pick = torch.multinomial(self.weights.float().cpu(), 1, generator=generator)[:, 0]
-        return self.particles[torch.arange(self.particles.shape[0]), pick.to(self.particles.device)]
+        pick = torch.multinomial(self.weights.float(), 1, generator=generator)[:, 0]
+        return self.particles[torch.arange(self.particles.shape[0], device=pick.device), pick]
 
 
 @dataclass
@@ -129,7 +129,9 @@ class _Measurement:
         scales = torch.as_tensor(w, dtype=r.dtype, device=r.device).expand(r.shape[0])
         return (r * self.op.gram_solve(r, float(v), scales)).flatten(1).sum(1)
 
-    def twist(self, sde: SDE, x: Tensor, t: float, score: Tensor, data_std: float) -> Tensor:
+    def twist(
+        self, sde: SDE, x: Tensor, t: float, score: Tensor, data_std: float
+    ) -> tuple[Tensor, Tensor]:
         """log G_t(x_t) up to a constant shared by all particles, and D(x_t)."""
         alpha, std = kernel(sde, t, x)
         denoised = (x + std**2 * score) / alpha
