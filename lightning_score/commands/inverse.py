@@ -2,7 +2,8 @@
 
 ``superres``: average pooling by ``--factor``; ``cs``: ``--ratio`` x D random orthonormal
 projections (seeded by ``--seed``); ``deblur``: a known Gaussian kernel (``--kernel-size``,
-``--kernel-std``). Noiseless y: ``--conditioning projection``; noisy y (``--noise-std``): ``--conditioning dps``.
+``--kernel-std``). Noiseless y: ``--conditioning projection``; noisy y (``--noise-std``): ``--conditioning dps``; either:
+``--conditioning smc --particles K`` (a particle sampler, exact as K grows).
 """
 
 from __future__ import annotations

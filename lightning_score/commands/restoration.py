@@ -30,9 +30,17 @@ def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=count, default=4, help="posterior samples per input")
     parser.add_argument(
         "--conditioning",
-        choices=("projection", "dps"),
+        choices=("projection", "dps", "smc"),
         default="projection",
-        help="projection (noiseless y; fixed-grid samplers) or dps (measurement gradient)",
+        help="projection (noiseless y; fixed-grid samplers), dps (measurement gradient) or smc "
+        "(particles; noiseless or noisy y; exact as --particles grows)",
+    )
+    parser.add_argument(
+        "--particles",
+        type=int,
+        default=16,
+        help="smc: particles per sample (each costs one score evaluation per step; "
+        "--batch-size counts particles)",
     )
     parser.add_argument(
         "--noise-std", type=non_negative, default=0.0, help="measurement noise std (model space)"
@@ -42,7 +50,8 @@ def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-std",
         type=non_negative,
         default=None,
-        help="dps: data std for the posterior-variance term (default: the model's sigma_data; "
+        help="dps: data std for the posterior-variance term, smc: for its twist (default: the "
+        "model's sigma_data; "
         "0 drops the term and uses the network's Jacobian throughout: plain DPS)",
     )
     parser.add_argument(
@@ -93,6 +102,7 @@ def run_restoration(
         scale=args.scale,
         data_std=data_std,
         network_sigma=network_sigma,
+        particles=args.particles,
         batch_size=args.batch_size,
         seed=args.seed,
         device=device,
@@ -105,4 +115,9 @@ def run_restoration(
         f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f} (mean of samples: PSNR "
         f"{m['psnr_of_mean']:.2f} dB, SSIM {m['ssim_of_mean']:.3f}) -> {args.out}"
     )
+    if "particles" in m:
+        print(
+            f"smc: {m['particles']} particles per sample, effective sample size {m['ess_mean']:.1f} "
+            f"on average, {m['ess_min']:.1f} at the lowest, {m['resamples']:.1f} resampling steps"
+        )
     return 0
