@@ -9,4 +9,4 @@ import sys
 from lightning_score.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main(["train", *sys.argv[1:]], prog="train.py"))

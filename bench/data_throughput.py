@@ -1,11 +1,13 @@
-"""Throughput of the training data loader that train.py builds (images/s): ScoreDataModule's
-resumable loader over CIFAR-10-sized uint8 tensors in memory, and over a folder of PNG files.
+"""Throughput of the training data loader that train.py builds (images/s), CIFAR-10-sized:
+uint8 tensors in memory, a folder of PNG files, an LSUN-style lmdb of PNGs, and LitData chunks
+(``data.name=streaming``, written by ``lscore prepare`` from the PNG folder).
 
     python bench/data_throughput.py --images 4096 --batch 128 --workers 0,2,4
 
 Every batch is copied to the training device as Lightning copies it (``non_blocking=True``; from
-page-locked memory on a GPU). The first epoch warms up (worker start); the next ``--epochs`` are
-timed. Prints one JSON object per (source, workers).
+page-locked memory on a GPU). The first epoch (worker start, files entering the page cache) is
+timed apart from the next ``--epochs``. Prints one JSON object per (source, workers); the
+streaming source also gives the one-off cost of writing its chunks (``prepare_seconds``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import lightning as L
@@ -25,6 +28,7 @@ from PIL import Image
 from lightning_score.config import DataConfig
 from lightning_score.data import DATASETS
 from lightning_score.data.base import ScoreDataModule
+from lightning_score.data.prepare import Source, prepare
 from lightning_score.data.tensor_sets import ImageTensorDataset
 
 
@@ -43,23 +47,41 @@ def write_pngs(folder: Path, n: int) -> None:
         image.save(folder / f"{i:06d}.png")
 
 
+def write_lmdb(folder: Path, pngs: Path) -> None:
+    """The PNGs as LSUN stores them: encoded bytes in ``bedroom_{train,val}_lmdb``."""
+    import lmdb
+
+    files = sorted(pngs.glob("*.png"))
+    for split, chosen in (("train", files), ("val", files[:8])):
+        env = lmdb.open(str(folder / f"bedroom_{split}_lmdb"), map_size=1 << 32)
+        with env, env.begin(write=True) as txn:
+            for path in chosen:
+                txn.put(path.name.encode(), path.read_bytes())
+
+
+def one_epoch(loader, device: torch.device, epoch: int) -> tuple[int, float]:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):  # LitData's loader counts its epochs itself
+        sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    watch = Stopwatch(device)
+    watch.begin()
+    images = sum(len(batch[0].to(device, non_blocking=True)) for batch in loader)
+    return images, watch.end()
+
+
 def measure(dm: ScoreDataModule, trainer: L.Trainer, epochs: int) -> dict[str, object]:
     dm.trainer = trainer
     dm.setup("fit")
     loader = dm.train_dataloader()
     device = trainer.strategy.root_device
-    for batch in loader:  # warm-up epoch: workers start, files enter the page cache
-        batch[0].to(device, non_blocking=True)
-    watch = Stopwatch(device)
-    watch.begin()
-    images = 0
+    first_images, first_seconds = one_epoch(loader, device, 0)
+    images, seconds = 0, 0.0
     for epoch in range(1, epochs + 1):
-        loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        for batch in loader:
-            images += len(batch[0].to(device, non_blocking=True))
-    seconds = watch.end()
+        n, t = one_epoch(loader, device, epoch)
+        images, seconds = images + n, seconds + t
     return {
         "images_per_second": images / seconds,
+        "first_epoch_images_per_second": first_images / first_seconds,
         "images": images,
         "pin_memory": loader.pin_memory,
         "persistent_workers": loader.persistent_workers,
@@ -72,38 +94,54 @@ def main(argv: list[str]) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--workers", default="0,2")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--sources", default="tensors,png")
+    p.add_argument("--sources", default="tensors,png,lmdb,streaming")
     args = p.parse_args(argv)
 
     trainer = L.Trainer(devices=1, logger=False, enable_progress_bar=False)
     device = trainer.strategy.root_device
-    with tempfile.TemporaryDirectory() as folder:
-        if "png" in args.sources:
-            write_pngs(Path(folder), args.images)
-        for source in args.sources.split(","):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, sources = Path(tmp) / "png", args.sources.split(",")
+        folder.mkdir()
+        write_pngs(folder, args.images)
+        if "lmdb" in sources:
+            write_lmdb(Path(tmp), folder)
+        prepare_seconds = None
+        if "streaming" in sources:
+            start = time.perf_counter()
+            source = Source("folder", str(folder), train=True, val_fraction=0.01)
+            prepare(source, f"{tmp}/chunks", workers=2, progress=False)
+            prepare_seconds = time.perf_counter() - start
+        for source_name in sources:
             for workers in (int(w) for w in args.workers.split(",")):
                 cfg = DataConfig(
-                    name="folder",
-                    root=folder,
+                    name=SOURCE_DATA[source_name],
+                    root=str(folder) if source_name == "png" else tmp,
+                    input_dir=f"{tmp}/chunks",
                     image_size=32,
                     batch_size=args.batch,
                     num_workers=workers,
                     random_flip=True,
                     val_fraction=0.01,
                 )
-                if source == "tensors":
+                if source_name == "tensors":
                     dm = tensor_source(cfg, args.images)
                 else:
-                    dm = DATASETS["folder"](cfg, 0)
+                    dm = DATASETS[cfg.name](cfg, 0)
                 record = {
                     "benchmark": "data_throughput",
                     **device_info(device),
-                    "source": source,
+                    "source": source_name,
                     "num_workers": workers,
                     "batch": args.batch,
                     **measure(dm, trainer, args.epochs),
                 }
+                if source_name == "streaming":
+                    record["prepare_seconds"] = prepare_seconds
                 print(json.dumps(record), flush=True)
+
+
+#: the data.name each source is read through
+SOURCE_DATA = {"tensors": "folder", "png": "folder", "lmdb": "lsun", "streaming": "streaming"}
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 COMMANDS = {
     "train": "train a score model from a config",
@@ -21,6 +21,8 @@ COMMANDS = {
     "stats": "reference Inception statistics of a data set",
     "likelihood": "bits/dim through the probability-flow ODE",
     "convert": "convert an official score_sde_pytorch checkpoint or a diffusers model",
+    "prepare": "write a data set as LitData chunks for streaming (folder or bucket)",
+    "posthoc-ema": "the EMA of any width after training, from power-EMA snapshots (EDM2)",
     "export": "export a checkpoint as safetensors (+ config, model card) or a diffusers folder",
     "train-classifier": "train a noise-conditional classifier for classifier guidance",
     "sample-classes": "class-conditional samples (classifier or classifier-free guidance)",
@@ -40,27 +42,37 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from lightning_score.config import ConfigError
-    from lightning_score.data import DataNotFoundError
-    from lightning_score.training.checkpoint import CheckpointError
-    from lightning_score.training.reliability import NonFiniteError
+#: (module, class) of the errors a user can fix; a module not yet imported cannot have raised
+#: its error, so looking them up imports nothing (an early error leaves torch unimported)
+USER_ERRORS = (
+    ("lightning_score.config", "ConfigError"),
+    ("lightning_score.training.checkpoint", "CheckpointError"),
+    ("lightning_score.data", "DataNotFoundError"),
+    ("lightning_score.training.reliability", "NonFiniteError"),
+    ("lightning_score.run_lock", "RunDirectoryLocked"),
+)
 
-    return (
-        ConfigError,
-        CheckpointError,
-        DataNotFoundError,
-        NonFiniteError,
-        ValueError,
-        FileNotFoundError,
+
+class Parser(argparse.ArgumentParser):
+    """An argument error in one line (argparse prints the whole usage first, dozens of lines for
+    the sampling commands), with where to read the options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    loaded = tuple(
+        getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
     )
+    return (*loaded, ValueError, FileNotFoundError)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     """The ``lscore`` parser and the command modules by name."""
     from lightning_score import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lscore",
         description="lightning-score: score-based generative modeling through SDEs",
         epilog="`lscore COMMAND --help` shows a command's options and their defaults",
@@ -83,17 +95,44 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     return parser, modules
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run one command; ``prog`` names the program in messages when it is not ``lscore COMMAND``
+    (``train.py`` runs ``train`` through here)."""
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if prog is not None and argv:
+        _subparser(parser, argv[0]).prog = prog
+    # parse_known_args, then overrides given after an option (``k=v --dry-run name=x``) join
+    # the ones before it; anything else unknown is refused as parse_args would
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not hasattr(args, "overrides") or any(a.startswith("-") for a in unknown):
+            _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*args.overrides, *unknown]
+    from lightning_score.config import check_launcher_environment
     from lightning_score.quiet import silence_known_noise
+    from lightning_score.threads import choose_threads
 
     silence_known_noise()
+    try:  # before anything imports Lightning, which reads these variables as it is imported
+        check_launcher_environment()
+    except ValueError as err:
+        print(f"{prog or f'lscore {args.command}'}: error: {err}", file=sys.stderr)
+        return 2
+    choose_threads()
     try:
         return int(modules[args.command].run(args) or 0)
     except _user_errors() as err:
-        print(f"lscore {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog or f'lscore {args.command}'}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command`` (``parser`` itself for an unknown one)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 def _one_line(err: BaseException) -> str:

@@ -13,13 +13,15 @@ here by :func:`check_run_sections`.
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
 
 #: ``trainer.compile`` values: no compilation, or a ``torch.compile`` mode
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -84,7 +86,12 @@ class OptimConfig:
 @dataclass
 class EMAConfig:
     enabled: bool = True
+    # exponential: a constant decay; power: EDM2's power-function EMAs of the widths std_rel (the
+    # first is the checkpoint's EMA), with snapshots for `lscore posthoc-ema`
+    kind: str = "exponential"
     decay: float = 0.999
+    std_rel: list[float] = field(default_factory=lambda: [0.05, 0.10])
+    snapshot_every_n_steps: int = 0  # power: 0 = at every checkpoint.every_n_steps
 
 
 @dataclass
@@ -103,6 +110,13 @@ class DataConfig:
     # image files that cannot be read (folder, CelebA as a folder): stop (one line naming the
     # file) | skip (left out with a warning that counts them)
     bad_images: str = "stop"
+    # data.name=streaming: LitData chunks written by `lscore prepare` (a folder or s3:// gs://
+    # URI holding train/ and val/), a local cache for remote chunks and its size limit, and the
+    # number of image channels (networks are built before the data loads)
+    input_dir: str = ""
+    cache_dir: str = ""
+    cache_limit: str = "50GB"
+    channels: int = 3
 
 
 @dataclass
@@ -130,6 +144,18 @@ class SamplingConfig:
     # times, diffusing back up between walks; harmonizes conditioned samples (0 / 1: off)
     resample_jump: int = 0
     resample_repeats: int = 1
+    # grid solvers (sampling/ancestral.py, multistep.py): the noise of ddim, euler_ancestral and
+    # the dpmpp_*_sde solvers (None: 0 for ddim, 1 for the others); the order of unipc and deis
+    # (2 or 3); UniPC's B(h): bh1 | bh2
+    eta: float | None = None
+    order: int = 3
+    variant: str = "bh2"
+    # restart (Xu et al. 2023): at the first grid sigma <= restart_sigma_min, go back up to
+    # restart_sigma_max and down again in restart_steps Heun steps, restart_repeats times
+    restart_sigma_min: float = 0.3
+    restart_sigma_max: float = 1.0
+    restart_steps: int = 4
+    restart_repeats: int = 1
 
 
 @dataclass
@@ -367,7 +393,17 @@ def _merge_overrides(merged: Any, overrides: list[str] | None, schema: DictConfi
 
 
 def _to_config(merged: Any) -> ExperimentConfig:
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    """The dataclass config, with an interpolation (``${...}``) that does not resolve reported
+    in one line that names its key."""
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except InterpolationResolutionError as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(
+            f"config entry '{key}' holds an interpolation that does not resolve ({reason}): "
+            "give it a value, or a ${other.key} that exists"
+        ) from None
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -417,8 +453,9 @@ def require_choice(value: str, choices: set[str] | dict, key: str) -> None:
         )
 
 
-#: Lightning's accelerator names (``gpu``: CUDA or MPS, whichever the machine has)
-ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu"}
+#: Lightning's accelerator names (``gpu``: CUDA or MPS, whichever the machine has); TPUs (XLA)
+#: are not supported by this project and are refused at load
+ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps"}
 
 
 def _devices_valid(devices: Any) -> bool:
@@ -480,20 +517,54 @@ BF16_HINT = (
 )
 
 
+#: keys where an infinite value is meaningful (EDM's churn range has no upper end by default)
+INFINITE_ALLOWED = {"sampling.s_tmax"}
+
+
+def check_finite(cfg: Any) -> None:
+    """Refuse NaN anywhere in a config and infinity outside :data:`INFINITE_ALLOWED` (YAML reads
+    ``1e400`` as infinity, which passes every ``> 0`` check and fails at the first step)."""
+    for key, value in flatten(to_dict(cfg)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            require(
+                value == math.inf and key in INFINITE_ALLOWED,
+                f"{key}={value} is not a finite number: give a finite value",
+            )
+
+
+def check_name_and_seed(name: str, seed: int) -> None:
+    """``name`` must name a folder inside ``out_dir``; ``seed`` must be one numpy and Lightning
+    accept (0 to 2^32 - 1)."""
+    require(name.strip() != "", "name must not be empty: it names the run directory")
+    path = Path(name)
+    require(
+        not path.is_absolute() and ".." not in path.parts,
+        f"name='{name}' must stay inside out_dir: a relative path without '..'",
+    )
+    require(0 <= seed < 2**32, f"seed must lie in [0, 2^32 - 1], got {seed}")
+
+
 def check_run_sections(cfg: ExperimentConfig) -> None:
     """Checks of the sections that belong to the run as a whole (not to one part of it)."""
     require(cfg.resume.strip() != "", "resume must be none, auto or the path of a checkpoint")
-    require(cfg.name.strip() != "", "name must not be empty: it names the run directory")
-    name = Path(cfg.name)
-    require(
-        not name.is_absolute() and ".." not in name.parts,
-        f"name='{cfg.name}' must stay inside out_dir: a relative path without '..'",
-    )
+    check_name_and_seed(cfg.name, cfg.seed)
     o = cfg.optim
     require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must lie in [0, 1)")
     require(0 < cfg.ema.decay < 1, f"ema.decay must lie in (0, 1), got {cfg.ema.decay}")
+    require(
+        cfg.ema.kind in ("exponential", "power"),
+        f"ema.kind must be exponential or power, got '{cfg.ema.kind}'",
+    )
+    require(
+        len(cfg.ema.std_rel) > 0 and all(0 < s < 12**-0.5 for s in cfg.ema.std_rel),
+        f"ema.std_rel must be widths in (0, 0.2887), e.g. [0.05, 0.10], got {list(cfg.ema.std_rel)}",
+    )
+    require(
+        cfg.ema.snapshot_every_n_steps >= 0,
+        "ema.snapshot_every_n_steps must be >= 0 (0: at every checkpoint.every_n_steps)",
+    )
 
     ev = cfg.evaluation
     require(ev.every_n_steps >= 0, "evaluation.every_n_steps must be >= 0 (0 turns evaluation off)")
@@ -527,6 +598,11 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
     )
     require_choice(t.nonfinite, {"stop", "skip"}, "trainer.nonfinite")
     require_choice(t.compile, set(COMPILE_MODES), "trainer.compile")
+    require(
+        t.accelerator != "tpu",
+        "trainer.accelerator=tpu is not supported by lightning-score (no XLA support): use "
+        "trainer.accelerator=gpu, cpu or auto",
+    )
     require_choice(t.accelerator, ACCELERATORS, "trainer.accelerator")
     require(
         _devices_valid(t.devices),
@@ -557,3 +633,38 @@ def check_run_sections(cfg: ExperimentConfig) -> None:
         g.every_n_steps > 0, f"sample_grid.every_n_steps must be positive, got {g.every_n_steps}"
     )
     require_choice(cfg.logger.name, {"csv", "tensorboard", "wandb"}, "logger.name")
+
+
+def launcher_int(name: str, default: int) -> int:
+    """The whole number a launcher put in the environment variable ``name`` (``default`` when
+    unset), refused in one line when it is not one."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < (1 if name == "WORLD_SIZE" else 0):
+        raise ValueError(
+            f"{name}={value!r} in the environment is not a valid {name}: unset it, or start the "
+            "processes with a launcher that sets it (torchrun)"
+        )
+    return number
+
+
+#: rank variables of launchers (torchrun, SLURM), which Lightning and torchmetrics parse as they
+#: are imported: one that is not a number would surface as a traceback from inside that import
+LAUNCHER_VARIABLES = {
+    "WORLD_SIZE": 1,
+    "RANK": 0,
+    "LOCAL_RANK": 0,
+    "NODE_RANK": 0,
+    "SLURM_PROCID": 0,
+}
+
+
+def check_launcher_environment() -> None:
+    """Refuse, in one line, a launcher variable that is set but not a valid number."""
+    for name, default in LAUNCHER_VARIABLES.items():
+        launcher_int(name, default)

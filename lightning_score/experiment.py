@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_score.config import (
+    ConfigError,
     ExperimentConfig,
     SamplingConfig,
+    check_finite,
     check_run_sections,
     config_from_dict,
     overlay,
@@ -33,6 +35,7 @@ GRID_USES_CONFIG = "config"  # sample_grid.sampler value: draw grids with the sa
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Every section's checks (filling in the defaults a section leaves open); returns ``cfg``."""
+    check_finite(cfg)
     validate_sde_config(cfg.sde)
     sde = build_sde(cfg.sde)
     validate_model_config(cfg.model)
@@ -88,6 +91,41 @@ def build_param(cfg: ExperimentConfig) -> Parameterization:
     )
 
 
+def _fits(cfg: ExperimentConfig, shape: tuple[int, ...]) -> bool:
+    """Whether the configured network takes data of ``shape``: one forward pass on the meta
+    device (shapes only, no memory, no arithmetic)."""
+    import torch
+
+    with torch.device("meta"):
+        param = build_param(cfg)
+        net = build_network(cfg.model.name, shape, param, cfg.model.num_classes, **cfg.model.kwargs)
+        labels = torch.zeros(1, dtype=torch.long) if cfg.model.num_classes else None
+        try:
+            ScoreModel(net, param)(torch.zeros(1, *shape), torch.full((1,), 0.5), labels)
+        except RuntimeError:
+            return False
+    return True
+
+
+def check_network_fits(cfg: ExperimentConfig) -> None:
+    """Refuse, at load, a ``data.image_size`` that the network's down- and upsampling levels do
+    not divide (it would fail at the first step with a size-mismatch traceback)."""
+    shape = tuple(data_shape(cfg.data))
+    if len(shape) != 3 or _fits(cfg, shape):
+        return
+    size = shape[-1]
+    fitting = next(
+        (n for k in range(1, 6) if _fits(cfg, (*shape[:-2], n := -(-size // 2**k) * 2**k, n))),
+        None,
+    )
+    hint = f" (the nearest size above that fits: {fitting})" if fitting else ""
+    raise ConfigError(
+        f"data.image_size={size} does not fit model.name={cfg.model.name}: its down- and "
+        f"upsampling levels need a size they divide evenly{hint}; change data.image_size or the "
+        "network's levels"
+    )
+
+
 def build_score_model(cfg: ExperimentConfig) -> ScoreModel:
     """The untrained score model of a checked config: network plus parameterization."""
     param = build_param(cfg)
@@ -100,6 +138,7 @@ def build_score_model(cfg: ExperimentConfig) -> ScoreModel:
 __all__ = [
     "build_param",
     "build_score_model",
+    "check_network_fits",
     "from_dict",
     "grid_sampling",
     "load_config",

@@ -5,13 +5,17 @@ A command lists its output paths first (:func:`check_outputs`, :func:`check_outp
 destination that cannot be written, or that already exists without ``--overwrite``, is refused
 with one line before any sampling or metric work starts, and nothing is created until then. Each file is then written through :func:`atomic_path`: a
 temporary file beside the target, renamed over it once complete, so an interrupted command leaves
-the previous file (or none), never half of one.
+the previous file (or none), never half of one. A folder of files that belong together (an
+export) is written through :func:`atomic_folder` in the same way, and a full disk there ends in
+one line that names the path and the space it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,11 +34,15 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def file_mode() -> int:
-    """The mode a new file gets from ``open`` under the current umask (``mkstemp`` makes 0600)."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open`` under the current umask (``mkstemp`` makes 0600)."""
+    return 0o666 & ~_umask()
 
 
 def check_writable(directory: Path) -> None:
@@ -119,3 +127,58 @@ def write_text(path: Path, text: str) -> None:
     """``path.write_text(text)``, whole or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds ``path`` (or its nearest existing ancestor)."""
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def disk_full(path: Path, needed: int) -> OutputError:
+    """The one line for a write that ran out of space: where, how much it needs, how much is free."""
+    mib = 1 << 20
+    return OutputError(
+        f"no space left on the device writing {path}: it needs about {needed / mib:,.0f} MiB, "
+        f"{free_bytes(path) / mib:,.0f} MiB are free; free some space or choose another output "
+        "path (nothing was written)"
+    )
+
+
+@contextmanager
+def atomic_folder(path: Path, needed: int = 0) -> Iterator[Path]:
+    """A temporary folder beside ``path`` that replaces ``path`` (and all it held) when the block
+    succeeds and is removed when it fails, so a folder is whole or absent; running out of space
+    (``needed``: the bytes it will take) becomes :func:`disk_full`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a folder from mkdir would not be
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err):
+            raise disk_full(path, needed) from None
+        raise
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a full disk, also where a writer wraps it (safetensors' SafetensorError
+    carries the OS message in its text only)."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return isinstance(err, Exception) and "No space left on device" in str(err)

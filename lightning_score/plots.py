@@ -1,8 +1,10 @@
-"""Diagnostic plots written as PNG files: validation loss per bin of t.
+"""Diagnostic plots written as PNG files: the loss against the step, and the validation loss per
+bin of t.
 
 Users tune noise schedules and loss weightings by where in t the loss sits and how each bin
 falls over training; ``ScoreModule`` logs one scalar per bin (``val_loss_t/<lo>-<hi>``), and
-this module turns those scalars into one picture.
+this module turns those scalars into one picture. The loss curve spares plotting metrics.csv
+by hand to see whether a run still learns.
 """
 
 from __future__ import annotations
@@ -73,6 +75,38 @@ def plot_per_t_loss(history: Mapping[int, Bins], path: Path, max_lines: int = 8)
     ax.set_xlabel("t (bin centre)")
     ax.set_ylabel("validation loss")
     ax.set_title("validation loss per bin of t")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+Curve = list[tuple[int, float]]  # (step, loss)
+
+
+def plot_loss_curve(train: Curve, val: Curve, path: Path) -> Path:
+    """Training loss (at logging steps) and validation loss against the step; the loss axis is
+    logarithmic where the values span more than a decade (the first steps of a run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for curve, label, style in ((train, "train/loss", "-"), (val, "val/loss", "o-")):
+        if curve:
+            steps, losses = zip(*sorted(curve), strict=True)
+            ax.plot(steps, losses, style, label=label, markersize=3)
+    values = [loss for _, loss in train + val if loss > 0]
+    if values and max(values) / min(values) > 10:
+        ax.set_yscale("log")
+    else:  # plain numbers, not an offset such as 1e-5 + 1.0936
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,29 +35,49 @@ WARNINGS: list[tuple[str, type[Warning], str]] = [
     ),
 ]
 
-#: Lightning's info-log lines that advertise products or report hardware this project never uses.
-LOG_PREFIXES = ("💡 Tip:", "TPU available:", "HPU available:")
+#: Lightning's info-log lines that advertise products, report hardware (the run's start banner
+#: names the device) or repeat what the resume line says.
+LOG_PREFIXES = (
+    "💡 Tip:",
+    "TPU available:",
+    "HPU available:",
+    "GPU available: ",  # not "GPU available but not used", a warning about the user's setting
+    "Found current_model_state in the checkpoint",  # EMA weights on resume
+    "`Trainer.fit` stopped: `max_steps=",  # the run summary says so ("done: step N/N")
+)
 LIGHTNING_INFO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
 )
+#: diffusers' advice to install accelerate on every model load: loading works without it, and
+#: the models this project loads are small
+DIFFUSERS_PREFIXES = ("Cannot initialize model with low cpu memory usage because `accelerate`",)
+DIFFUSERS_LOGGERS = ("diffusers.models.modeling_utils",)
 
 
 class _DropPrefixes(logging.Filter):
-    """Drops log records whose message starts with one of ``LOG_PREFIXES``."""
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(LOG_PREFIXES)
+        return not str(record.msg).startswith(self.prefixes)
 
 
-_FILTER = _DropPrefixes()
+_FILTERS = {
+    LIGHTNING_INFO_LOGGERS: _DropPrefixes(LOG_PREFIXES),
+    DIFFUSERS_LOGGERS: _DropPrefixes(DIFFUSERS_PREFIXES),
+}
 
 
 def silence_known_noise() -> None:
     """Install the filters (idempotent); the CLI calls it before any command runs."""
     for message, category, module in WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
-    for name in LIGHTNING_INFO_LOGGERS:
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
+    for names, drop in _FILTERS.items():
+        for name in names:
+            logger = logging.getLogger(name)
+            if drop not in logger.filters:
+                logger.addFilter(drop)

@@ -42,6 +42,10 @@ def _as_batch_time(t: Tensor | float, x: Tensor) -> Tensor:
     return t.to(device=x.device, dtype=x.dtype)
 
 
+#: most discretization steps an SDE takes: its tables hold N numbers each
+MAX_STEPS = 1_000_000
+
+
 class SDE(abc.ABC):
     """dx = f(x, t) dt + g(t) dw on t in [0, T]."""
 
@@ -65,8 +69,11 @@ class SDE(abc.ABC):
     linear: bool = True
 
     def __init__(self, N: int = 1000, T: float = 1.0) -> None:
-        if N <= 0:
-            raise ValueError(f"sde.N must be a positive number of discretization steps, got {N}")
+        if not 0 < N <= MAX_STEPS:
+            raise ValueError(
+                f"sde.N must be a number of discretization steps in [1, {MAX_STEPS:,}], got {N} "
+                "(the papers use 1000 or 2000)"
+            )
         self.N = N
         self.T = T
 

@@ -7,11 +7,16 @@ and wait, until SIGTERM (Lightning's handler then ends the run after that batch)
 with ``--in-validation``, wait in the first validation batch after update N instead.
 ``--record-batches``: save the batches and times each rank trained on, and the checkpoint files
 it wrote, to ``OUT_DIR/record_rank{R}.pt``.
+``--kill-in-write N``: SIGKILL the process in the middle of writing ``last.ckpt`` at step N
+(half of it written to the temporary file), after the step-numbered checkpoint of step N.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -100,12 +105,38 @@ class RecordBatches(L.Callback):
         torch.save(record, self.out_dir / f"record_rank{trainer.global_rank}.pt")
 
 
+class KillInWrite(L.Callback):
+    """SIGKILLs the process half-way through writing ``last.ckpt`` at step ``step``, after the
+    step-numbered checkpoint of that step was written (``checkpoint.keep_periodic=true``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.writes = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        real_save = torch.save
+
+        def save_then_die(obj: Any, fh: Any, *args: Any, **kwargs: Any) -> None:
+            if isinstance(obj, dict) and obj.get("global_step") == self.step:
+                self.writes += 1
+                if self.writes == 2:
+                    buffer = io.BytesIO()
+                    real_save(obj, buffer)
+                    fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    fh.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real_save(obj, fh, *args, **kwargs)
+
+        torch.save = save_then_die  # this process ends inside it
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--hang-at", type=int)
     parser.add_argument("--in-validation", action="store_true")
     parser.add_argument("--record-batches", action="store_true")
+    parser.add_argument("--kill-in-write", type=int)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
     callbacks: list[L.Callback] = []
@@ -113,6 +144,8 @@ def main(argv: list[str]) -> None:
         callbacks.append(HangAt(args.hang_at, args.out_dir / "hanging", args.in_validation))
     if args.record_batches:
         callbacks.append(RecordBatches(args.out_dir))
+    if args.kill_in_write is not None:
+        callbacks.append(KillInWrite(args.kill_in_write))
     train(tiny_config(args.out_dir, *args.overrides), callbacks)
 
 

@@ -60,7 +60,7 @@ def test_a_write_that_fails_half_way_leaves_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(lightning_score.training.reliability.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="no space left on the device to write"):
         save(io, last, 2)
     assert step_of(last) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file, no rotation

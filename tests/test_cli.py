@@ -1,4 +1,4 @@
-"""The `lscore` command line itself: fast help, a default shown for every option, --version,
+"""The `lscore` command line itself: help without torch, a default shown for every option, --version,
 the device of each rank, presets and the bf16 hint."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,24 +26,21 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_help_answers_within_two_seconds_without_importing_torch() -> None:
-    """`lscore --help` and a command's help in a fresh interpreter: best of three under 2 s."""
+def test_help_does_not_import_torch() -> None:
+    """What makes `lscore --help` and a command's help answer at once: torch (seconds to import)
+    stays out. The time itself is measured by bench/cli_help.py, not asserted here."""
     code = (
         "import sys\n"
         "from lightning_score.cli import main\n"
-        "for argv in (['--help'], ['evaluate', '--help']):\n"
+        "for argv in (['--help'], ['evaluate', '--help'], ['inpaint', '--help']):\n"
         "    try: main(argv)\n"
         "    except SystemExit: pass\n"
-        "print('torch imported:', 'torch' in sys.modules)\n"
+        "heavy = [m for m in ('torch', 'lightning', 'numpy', 'diffusers') if m in sys.modules]\n"
+        "print('heavy modules:', heavy)\n"
     )
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        result = _python(code)
-        seconds.append(time.perf_counter() - start)
+    result = _python(code)
     assert "usage: lscore" in result.stdout and "usage: lscore evaluate" in result.stdout
-    assert "torch imported: False" in result.stdout
-    assert min(seconds) < 2.0, seconds
+    assert "heavy modules: []" in result.stdout, result.stdout[-300:]
 
 
 def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:

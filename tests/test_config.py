@@ -89,7 +89,7 @@ BAD = [
     (["resume=''"], r"resume must be none, auto or the path of a checkpoint"),
     # values that passed --dry-run and failed later (issues 13, 14)
     (["sampling.schedule=foo"], r"unknown sampling.schedule 'foo'; valid names: edm"),
-    (["trainer.accelerator=tpux"], r"trainer.accelerator='tpux' is not valid \(did you mean 'tpu'"),
+    (["trainer.accelerator=tpux"], r"trainer.accelerator='tpux' is not valid"),
     (["trainer.devices=0"], r"trainer.devices must be a positive count, -1, 'auto' or a list"),
     (["trainer.devices=[]"], r"trainer.devices must be a positive count"),
     (["trainer.val_check_interval=0"], r"trainer.val_check_interval must be a positive number"),
@@ -163,16 +163,16 @@ def test_dry_run_prints_resolved_config():
 def test_an_accelerator_this_machine_lacks_stops_training_before_anything_is_written(
     tmp_path, capsys
 ):
-    """``trainer.accelerator=tpu`` is a valid name (it loads, and --dry-run says it will not run
+    """``trainer.accelerator=mps`` is a valid name (it loads, and --dry-run says it will not run
     here); training stops at once with one line instead of a Lightning traceback."""
     from lightning_score.cli import main
 
     quickstart = ["--config", str(ROOT / "configs" / "quickstart.yaml")]
-    assert main(["train", *quickstart, "trainer.accelerator=tpu", f"out_dir={tmp_path}"]) == 2
+    assert main(["train", *quickstart, "trainer.accelerator=mps", f"out_dir={tmp_path}"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "trainer.accelerator=tpu" in lines[0] and "not available" in lines[0]
+    assert len(lines) == 1 and "trainer.accelerator=mps" in lines[0] and "not available" in lines[0]
     assert list(tmp_path.iterdir()) == []
-    assert main(["train", *quickstart, "--dry-run", "trainer.accelerator=tpu"]) == 0
+    assert main(["train", *quickstart, "--dry-run", "trainer.accelerator=mps"]) == 0
     out, err = capsys.readouterr()
-    assert "accelerator: tpu" in out
-    assert "trainer.accelerator=tpu is not available on this machine" in err
+    assert "accelerator: mps" in out
+    assert "trainer.accelerator=mps is not available on this machine" in err

@@ -97,8 +97,11 @@ def test_known_library_noise_is_silenced_and_nothing_else(caplog: pytest.LogCapt
     with caplog.at_level(logging.INFO):
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
         rank_zero_info("TPU available: False, using: 0 TPU cores")
-        rank_zero_info("GPU available: False, used: False")
-    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+        rank_zero_info("GPU available: False, used: False")  # the start banner names the device
+        rank_zero_info("GPU available but not used. You can set it by doing `Trainer(...)`")
+    assert [r.getMessage() for r in caplog.records] == [
+        "GPU available but not used. You can set it by doing `Trainer(...)`"
+    ]
 
 
 def test_plot_axes_are_logarithmic_only_over_decades() -> None:

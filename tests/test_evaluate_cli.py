@@ -171,7 +171,8 @@ def test_likelihood_command(ckpt: Path, tmp_path, monkeypatch, capsys) -> None:
     from lightning_score.training import checkpoint
 
     _, cfg = checkpoint.load_score_model(ckpt)
-    monkeypatch.setattr(checkpoint, "load_score_model", lambda *a, **k: (GaussianImageModel(), cfg))
+    gaussian = checkpoint.LoadedModel(GaussianImageModel(), cfg, str(ckpt), 0, True, "0" * 64)
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: gaussian)
     out = tmp_path / "bpd.json"
     args = ["likelihood", str(ckpt), "--split", "test", "--repeats", "2", "--num", "6"]
     assert main([*args, "--seed", "1", "--out", str(out)]) == 0
@@ -235,7 +236,8 @@ def test_likelihood_refuses_to_replace_its_json_and_checks_out_first(
     from lightning_score.training import checkpoint
 
     _, cfg = checkpoint.load_score_model(ckpt)
-    monkeypatch.setattr(checkpoint, "load_score_model", lambda *a, **k: (GaussianImageModel(), cfg))
+    gaussian = checkpoint.LoadedModel(GaussianImageModel(), cfg, str(ckpt), 0, True, "0" * 64)
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: gaussian)
     out = tmp_path / "bpd.json"
     args = ["likelihood", str(ckpt), "--repeats", "1", "--num", "2", "--out", str(out)]
     assert main(args) == 0

@@ -199,7 +199,7 @@ class NonlinearSDE(SDE):
         ),
         (
             {"sampler": "rk4"},
-            "unknown sampling.sampler 'rk4'.*valid names: dpmpp_2m, edm, euler, heun, ode, pc",
+            "unknown sampling.sampler 'rk4'.*valid names: ddim, deis, dpmpp_2m, .*, pc, restart, unipc",
         ),
         (
             {"schedule": "cosine"},

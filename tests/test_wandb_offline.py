@@ -147,6 +147,7 @@ def test_offline_run_holds_config_metrics_and_images(offline_training):
     assert scalars <= keys, keys
     assert any(k.startswith("val_loss_t/") for k in keys), keys
     assert {"samples", "val/loss_per_t_plot", "val/loss_per_t"} <= keys  # grid, plot, table
+    assert "train/loss_plot" in keys and (run_dir / "loss.png").stat().st_size > 0  # loss.png
     steps = [r["trainer/global_step"] for r in run.rows_with("val/loss_per_t_plot")]
     assert steps == [2, 4]  # one per validation
     rates = [r["train/samples_per_s"] for r in run.rows_with("train/samples_per_s")]

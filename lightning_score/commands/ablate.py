@@ -1,4 +1,6 @@
-"""``lscore ablate CKPT --samplers SPEC --out DIR``: sampler settings on the same seeds, compared.
+"""``lscore ablate CKPT [--samplers SPEC] --out DIR``: sampler settings on the same seeds, compared.
+
+Without ``--samplers``, every few-step family (DEFAULT_FAMILIES) runs at about 5, 10 and 20 NFE.
 
 ``SPEC`` is either a comma-separated list of ``sampler[:steps]`` (``euler:10,heun:10,pc:100``) or a
 YAML/JSON file holding a list of SamplingConfig overrides; a list value expands into one row per
@@ -45,8 +47,26 @@ if TYPE_CHECKING:
 
     from lightning_score.evaluation import FeatureExtractor
     from lightning_score.evaluation.uncertainty import Bootstrap
+    from lightning_score.sde import SDE
 
 SWD = "sliced_wasserstein_to_data"
+#: ``--samplers`` left out: each few-step family at about DEFAULT_NFE score evaluations (the step
+#: count found by counting, ``sampling.cost.steps_for_nfe``). ddim at eta 0 is euler (a test
+#: keeps them equal), so euler is not run twice; restart needs at least 11 NFE (one Heun step
+#: into sigma = 0 plus its restart).
+DEFAULT_FAMILIES = (
+    "heun",
+    "dpmpp_2m",
+    "ddim",
+    "euler_ancestral",
+    "dpmpp_2m_sde",
+    "dpmpp_3m",
+    "dpmpp_3m_sde",
+    "unipc",
+    "deis",
+    "restart",
+)
+DEFAULT_NFE = (5, 10, 20)
 COLUMNS = ["sampler", "steps", "nfe", "seconds", "samples_per_s"]
 OUTPUTS = ("ablation.csv", "ablation.md", "ablation.png")
 
@@ -56,9 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_speed_arguments(parser)
     parser.add_argument(
         "--samplers",
-        required=True,
+        default=None,
         help="comma-separated sampler[:steps] (e.g. pc:100,heun:10,dpmpp_2m:10) or a YAML/JSON "
-        "file holding a list of sampling settings",
+        "file holding a list of sampling settings (default: every few-step family, "
+        f"{', '.join(DEFAULT_FAMILIES)}, at about {', '.join(map(str, DEFAULT_NFE))} NFE)",
     )
     parser.add_argument(
         "--num", type=int, default=256, help="samples per setting (same seeds each)"
@@ -119,7 +140,30 @@ def family(cfg: SamplingConfig) -> str:
         return f"pc {cfg.predictor}/{cfg.corrector}{snr}"
     if cfg.sampler == "ode":
         return f"ode {cfg.method} rtol={cfg.rtol:g}"
-    return f"{cfg.sampler} {cfg.schedule}"
+    knobs = f" order={cfg.order}" if cfg.sampler in ("unipc", "deis") else ""
+    knobs += f" {cfg.variant}" if cfg.sampler == "unipc" else ""
+    knobs += f" eta={cfg.eta:g}" if cfg.eta is not None else ""
+    return f"{cfg.sampler}{knobs} {cfg.schedule}"
+
+
+def default_settings(sde: SDE, base: SamplingConfig) -> list[tuple[str, SamplingConfig]]:
+    """The default grid: DEFAULT_FAMILIES at about DEFAULT_NFE each, on ``base``'s grid options
+    (eps, denoise, schedule, rho) with every other knob at its default."""
+    from lightning_score.sampling.cost import steps_for_nfe
+
+    settings = []
+    for name in DEFAULT_FAMILIES:
+        cfg = SamplingConfig(
+            sampler=name,
+            corrector="none",
+            eps=base.eps,
+            denoise=base.denoise,
+            schedule=base.schedule,
+            rho=base.rho,
+        )
+        steps = dict.fromkeys(steps_for_nfe(sde, cfg, nfe) for nfe in DEFAULT_NFE)
+        settings += [(family(cfg), dataclasses.replace(cfg, steps=n)) for n in steps]
+    return settings
 
 
 def _with_overrides(base: SamplingConfig, overrides: dict[str, Any], spec: str) -> SamplingConfig:
@@ -348,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.sampling import check_sampling
     from lightning_score.sampling.cost import estimate_sampling, format_duration
     from lightning_score.sampling.generate import generate
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_model
     from lightning_score.training.speed import for_sampling
 
     check_positive("--num", args.num)
@@ -359,10 +403,13 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     check_outputs([args.out / name for name in OUTPUTS], args.overwrite, [Path(args.checkpoint)])
-    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
-    model = for_sampling(model, args.compile, args.bf16)
+    loaded = load_model(args.checkpoint, ema=args.ema, map_location=device)
+    model, exp = for_sampling(loaded.model, args.compile, args.bf16), loaded.config
     shape = data_shape(exp.data)
-    settings = parse_settings(args.samplers, exp.sampling)
+    if args.samplers is None:
+        settings = default_settings(model.sde, exp.sampling)
+    else:
+        settings = parse_settings(args.samplers, exp.sampling)
     for _, cfg in settings:  # refuse bad settings before spending time on the good ones
         check_sampling(model.sde, cfg)
     grids = [
@@ -420,7 +467,12 @@ def run(args: argparse.Namespace) -> int:
                 f"± {row[quality.name + '_stderr']:.2g}"
             )
         print("\n".join(notes))
-    write_outputs(rows, quality.name, args.out, notes, num=args.num)
+    record = loaded.record()
+    weights = (
+        f"Weights: `{record['checkpoint']}`, step {record['step']}, "
+        f"{'EMA' if record['ema'] else 'raw'}, SHA-256 `{record['weights_sha256']}`."
+    )
+    write_outputs(rows, quality.name, args.out, [*notes, weights], num=args.num)
     from lightning_score.training.loggers import report_to_wandb  # no-op unless W&B is in use
 
     plot, table = {"ablation/quality_vs_nfe": args.out / "ablation.png"}, {"ablation/results": rows}

@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_score.commands.options import positive
 from lightning_score.outputs import (
     add_overwrite_argument,
     atomic_path,
@@ -58,13 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sde", choices=["vesde", "vpsde", "subvpsde", "edm"], help="SDE of the model"
     )
     preset.add_argument(
-        "--sigma-min", type=float, default=None, help="VE / EDM sigma_min (default: the SDE's)"
+        "--sigma-min", type=positive, default=None, help="VE / EDM sigma_min (default: the SDE's)"
     )
     preset.add_argument(
-        "--sigma-max", type=float, default=None, help="VE / EDM sigma_max (default: the SDE's)"
+        "--sigma-max", type=positive, default=None, help="VE / EDM sigma_max (default: the SDE's)"
     )
-    preset.add_argument("--beta-min", type=float, default=0.1, help="VP / sub-VP beta_min")
-    preset.add_argument("--beta-max", type=float, default=20.0, help="VP / sub-VP beta_max")
+    preset.add_argument("--beta-min", type=positive, default=0.1, help="VP / sub-VP beta_min")
+    preset.add_argument("--beta-max", type=positive, default=20.0, help="VP / sub-VP beta_max")
     preset.add_argument("--num-scales", type=int, default=1000, help="the SDE's N")
     hub = parser.add_argument_group("diffusers model folder (UNet2DModel + scheduler)")
     hub.add_argument("--data", help="data set it was trained on (data.name, e.g. cifar10)")
@@ -114,29 +115,27 @@ def convert(weights: OfficialWeights, name: str, source: Path, out: Path) -> Pat
 
 def convert_diffusers(args: argparse.Namespace) -> int:
     """A diffusers folder -> our safetensors export."""
-    from lightning_score.interop.diffusers_models import diffusers_experiment
-    from lightning_score.interop.export import Trained, write_safetensors
-    from lightning_score.training.checkpoint import score_model_with
-
-    if not args.data:
+    if not args.data:  # before torch is imported: the mistake answers at once
         raise ValueError(
             "a diffusers model does not say what it was trained on: pass --data NAME "
             "(e.g. cifar10 for google/ddpm-cifar10-32)"
         )
+    from lightning_score.interop.diffusers_models import diffusers_experiment
+    from lightning_score.interop.export import Trained, diffusers_provenance, write_safetensors
+    from lightning_score.training.checkpoint import score_model_with
+
     source = Path(args.checkpoint)
     out = Path(args.out) if args.out else source.with_name(source.name + ".lscore")
     check_output_folder(out, args.overwrite, inputs=[source])
     data = [f"data.name={args.data}"] + ([f"data.root={args.data_root}"] if args.data_root else [])
     cfg, state = diffusers_experiment(source, data)
     model = score_model_with(cfg, state, source).eval()
-    write_safetensors(Trained(model, cfg, "ema", None, source), out)
+    write_safetensors(Trained(model, cfg, "ema", None, source, diffusers_provenance(source)), out)
     print(f"wrote {out}: {cfg.sde.name} SDE, {cfg.model.parameterization} row, data {args.data}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.nets.ncsnpp import PRESETS
-
     if args.checkpoint and Path(args.checkpoint).is_dir():
         return convert_diffusers(args)
     from lightning_score.interop.official import (
@@ -144,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         official_experiment,
         read_official_weights,
     )
+    from lightning_score.nets.ncsnpp import PRESETS
     from lightning_score.progress import progress_bar
 
     if args.list:

@@ -108,11 +108,24 @@ def sampling_overrides(exp: ExperimentConfig, overrides: list[str]) -> Experimen
     return with_overrides(exp, overrides)
 
 
+def _recorded_weights(samples: Path) -> dict[str, Any]:
+    """Which weights drew the samples in ``samples``, from the JSON that ``lscore sample`` or
+    ``lscore merge`` wrote beside it (nothing when there is none)."""
+    try:
+        record = json.loads(samples.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("checkpoint", "step", "ema", "weights_sha256")
+    return {k: record[k] for k in keys if isinstance(record, dict) and k in record}
+
+
 def _npz_images(path: Path, num: int | None) -> Tensor:
     import numpy as np
     import torch
 
-    with np.load(path, allow_pickle=False) as data:
+    from lightning_score.images import load_numpy
+
+    with load_numpy(path) as data:
         if "arr_0" not in data.files:
             raise ValueError(f"{path} holds {data.files}, expected images under 'arr_0'")
         images = data["arr_0"]
@@ -215,8 +228,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from lightning_score.experiment import load_config
     from lightning_score.images import save_grid
+    from lightning_score.progress import progress_bar
     from lightning_score.sampling import check_sampling
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_model
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(names) - set(METRIC_NAMES))
@@ -236,10 +250,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("an .npz source needs --stats FILE.npz or --data-config CONFIG")
         exp = load_config(args.data_config) if args.data_config else None
         images = _npz_images(args.source, args.num)
+        info.update(_recorded_weights(args.source))
         count = images.shape[0]
         chunks: Iterator[Tensor] = _counted_images(images, args.batch_size, args.progress)
     else:
-        model, exp = load_score_model(args.source, ema=args.ema, map_location=device)
+        loaded = load_model(args.source, ema=args.ema, map_location=device)
+        model, exp = loaded.model, loaded.config
         shape = data_shape(exp.data)
         if len(shape) != 3:
             raise ValueError(
@@ -248,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             )
         cfg = sampling_from_args(sampling_overrides(exp, args.overrides).sampling, args)
         check_sampling(model.sde, cfg)
-        info.update(ema=args.ema, seed=args.seed, sampling=dataclasses.asdict(cfg))
+        info.update(loaded.record(), seed=args.seed, sampling=dataclasses.asdict(cfg))
         chunks = _generated_batches(model, cfg, shape, args, device, nfes)
         count = DEFAULT_NUM if args.num is None else args.num
     # Named by the first metric as ImageMetrics orders them, e.g. last_fid_50k; checked now,
@@ -269,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stats is not None:
         stats = ReferenceStats.load(args.stats, expected_dim=extractor.num_features)
         info["reference"] = str(args.stats)
+        info["reference_set"] = f"statistics file {args.stats}"
     else:
         batches = image_batches(exp.data, exp.seed, "train", args.batch_size)
         with torch.no_grad():
@@ -282,15 +299,25 @@ def run(args: argparse.Namespace) -> int:
                 num_images=len(batches),
             )
         info["reference"] = str(path)
+        info["reference_set"] = f"{exp.data.name} training split, {len(batches)} images"
     metrics.set_reference(stats)
     first: Tensor | None = None
-    for chunk in chunks:
-        first = chunk[:64] if first is None else first
-        for part in chunk.split(args.batch_size):
-            metrics.update(part.to(device))
+    # an .npz source counts its Inception pass itself (_counted_images); generated batches here
+    counted = progress_bar(
+        total=count,
+        desc="Inception features",
+        unit="image",
+        enabled=args.progress and model is not None,
+    )
+    with counted:
+        for chunk in chunks:
+            first = chunk[:64] if first is None else first
+            metrics.update_counted(chunk.to(device), counted, args.batch_size)
     values = metrics.compute()
     info.update(
-        metrics=values, extractor=f"{extractor.name} ({getattr(extractor, 'source', 'custom')})"
+        num_samples=count,
+        metrics=values,
+        extractor=f"{extractor.name} ({getattr(extractor, 'source', 'custom')})",
     )
     if nfes:
         info["nfe"] = sum(nfes) / len(nfes)

@@ -2,7 +2,8 @@
 
 Masks by name say which region is missing (left, right, top, bottom, center, random[:FRACTION])
 or come from a file (.npy / .npz / image; nonzero or white = known) at the model's image size.
-Add ``--resample-jump J --resample-repeats R`` (pc sampler) for RePaint's resampling.
+Add ``--resample-jump J --resample-repeats R`` (pc sampler) for RePaint's resampling, or
+``--conditioning smc --particles K`` for a particle sampler whose error falls as K grows.
 """
 
 from __future__ import annotations

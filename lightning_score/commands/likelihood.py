@@ -8,7 +8,9 @@ protocol: 5 repeats on the test set). Prints the mean with two standard errors: 
 Under ``torchrun --nproc_per_node N -m lightning_score.cli likelihood ...`` each rank solves its
 share of the batches and the ranks gather their bits/dim once, at the end: the result equals one
 process's (each point's dequantization and probes are seeded by its index, not by its rank).
-An existing result file is kept unless ``--overwrite`` is given.
+An existing result file is kept unless ``--overwrite`` is given. The data are the checkpoint's
+data config; where they lie on this machine, ``--data-root DIR`` or ``--override data.KEY=VALUE``
+(e.g. ``data.download=true``) say; an override that changes the model's input shape is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lightning_score.commands.options import positive
 from lightning_score.commands.sample import check_positive, resolve_device
 from lightning_score.outputs import add_overwrite_argument, check_outputs, write_text
 
@@ -36,6 +39,17 @@ TRACE_CHOICES = ("rademacher", "gaussian", "exact")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint", type=Path, help="a training checkpoint (.ckpt) or an export folder"
+    )
+    parser.add_argument(
+        "--override",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="a change to the checkpoint's data config, e.g. data.download=true (repeatable)",
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="where the data set lies here (data.root)"
     )
     parser.add_argument(
         "--split", choices=["train", "test"], default="test", help="data split to score"
@@ -63,13 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--eps",
-        type=float,
+        type=positive,
         default=None,
         help="integrate the ODE from eps to T (default: the smallest training time, loss.eps: "
         "1e-5 for the paper's SDEs as officially, 0.002 for EDM)",
     )
-    parser.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance")
-    parser.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance")
+    parser.add_argument("--rtol", type=positive, default=1e-5, help="ODE relative tolerance")
+    parser.add_argument("--atol", type=positive, default=1e-5, help="ODE absolute tolerance")
     parser.add_argument("--batch-size", type=int, default=128, help="points per ODE solve")
     parser.add_argument(
         "--ema",
@@ -96,6 +110,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite_argument(parser)
 
 
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """``--data-root`` and the ``data.*`` overrides as one dotlist; any other key is refused (the
+    model's config is the checkpoint's)."""
+    other = [o for o in args.overrides if not o.startswith("data.")]
+    if other:
+        raise ValueError(
+            f"{' '.join(other)}: likelihood takes data.KEY=VALUE overrides only (the model's "
+            "config comes from the checkpoint), e.g. data.root=DIR or data.download=true"
+        )
+    return [*args.overrides, *([f"data.root={args.data_root}"] if args.data_root else [])]
+
+
 def run(args: argparse.Namespace) -> int:
     from lightning_score.evaluation.distributed import process_group
 
@@ -107,14 +133,16 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from lightning_score.data import build_datamodule
+    from lightning_score.data import DataNotFoundError, build_datamodule, data_shape
     from lightning_score.evaluation.distributed import shard_batches
     from lightning_score.evaluation.likelihood import evaluate_bits_per_dim, gather_bits_per_dim
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.experiment import with_overrides
+    from lightning_score.training.checkpoint import load_model
 
     check_positive("--num", args.num, "a positive number of points")
     check_positive("--repeats", args.repeats)
     check_positive("--batch-size", args.batch_size)
+    overrides = data_overrides(args)
     if args.device:
         resolve_device(args.device)  # refuses, in one line, a device this machine lacks
     device = ranks.device(args.device)
@@ -123,10 +151,24 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
         or args.checkpoint.parent / "eval" / f"{args.checkpoint.stem}_bpd_{args.split}.json"
     )
     check_outputs([out], args.overwrite, inputs=[args.checkpoint])  # on every rank: all refuse
-    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
+    loaded = load_model(args.checkpoint, ema=args.ema, map_location=device)
+    model, exp = loaded.model, loaded.config
     model.requires_grad_(False)
-    dm = build_datamodule(dataclasses.replace(exp.data, random_flip=False), exp.seed)
-    dm.setup()
+    if overrides:
+        shape = data_shape(exp.data)
+        exp = with_overrides(exp, overrides)
+        if data_shape(exp.data) != shape:
+            raise ValueError(
+                f"{' '.join(overrides)}: the data would be of shape {data_shape(exp.data)}, the "
+                f"model takes {shape}; change only where the data lie (data.root, data.download)"
+            )
+    try:
+        dm = build_datamodule(dataclasses.replace(exp.data, random_flip=False), exp.seed)
+        dm.setup()
+    except DataNotFoundError as err:  # its advice names config keys: say how to set them here
+        raise DataNotFoundError(
+            f"{err} (here: --data-root DIR, or --override data.KEY=VALUE)"
+        ) from None
     dataset = dm.train_set if args.split == "train" else dm.val_set
     num = len(dataset) if args.num is None else min(args.num, len(dataset))
     mine = shard_batches(num, args.batch_size, ranks)
@@ -160,8 +202,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     dim = math.prod(dm.data_shape)
     estimator_se = result.estimator_stderr  # NaN for a single repeat
     report = {
-        "checkpoint": str(args.checkpoint),
-        "ema": args.ema,
+        **loaded.record(),
         "split": args.split,
         "points": result.values.shape[1],
         "repeats": args.repeats,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lightning_score.outputs import add_overwrite_argument, check_outputs
+from lightning_score.outputs import OutputError, add_overwrite_argument, check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightning_score.sampling.shards import merge_shards, write_merged
+    from lightning_score.sampling.shards import SHARD_GLOB, merge_shards, shard_files, write_merged
 
     out = args.out or args.directory / "samples.npz"
-    check_outputs([out, out.with_suffix(".json")], args.overwrite)
+    outputs = [out, out.with_suffix(".json")]
+    check_outputs(outputs, args.overwrite, inputs=shard_files(args.directory))
+    if out.parent.resolve() == args.directory.resolve() and out.match(SHARD_GLOB):
+        raise OutputError(
+            f"{out} would be taken for a shard by the next merge: name the output otherwise"
+        )
     merged = merge_shards(args.directory)
     write_merged(merged, out)
     record = merged.record

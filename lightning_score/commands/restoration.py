@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lightning_score.commands.options import count, non_negative, positive
 from lightning_score.commands.sample import add_model_arguments, add_sampling_arguments
 from lightning_score.outputs import add_overwrite_argument
 
@@ -25,28 +26,37 @@ def add_restoration_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint's data set)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--num-images", type=int, default=8, help="how many inputs to use")
-    parser.add_argument("--samples", type=int, default=4, help="posterior samples per input")
+    parser.add_argument("--num-images", type=count, default=8, help="how many inputs to use")
+    parser.add_argument("--samples", type=count, default=4, help="posterior samples per input")
     parser.add_argument(
         "--conditioning",
-        choices=("projection", "dps"),
+        choices=("projection", "dps", "smc"),
         default="projection",
-        help="projection (noiseless y; fixed-grid samplers) or dps (measurement gradient)",
+        help="projection (noiseless y; fixed-grid samplers), dps (measurement gradient) or smc "
+        "(particles; noiseless or noisy y; exact as --particles grows)",
     )
     parser.add_argument(
-        "--noise-std", type=float, default=0.0, help="measurement noise std (model space)"
+        "--particles",
+        type=int,
+        default=16,
+        help="smc: particles per sample (each costs one score evaluation per step; "
+        "--batch-size counts particles)",
     )
-    parser.add_argument("--scale", type=float, default=1.0, help="dps: measurement weight")
+    parser.add_argument(
+        "--noise-std", type=non_negative, default=0.0, help="measurement noise std (model space)"
+    )
+    parser.add_argument("--scale", type=non_negative, default=1.0, help="dps: measurement weight")
     parser.add_argument(
         "--data-std",
-        type=float,
+        type=non_negative,
         default=None,
-        help="dps: data std for the posterior-variance term (default: the model's sigma_data; "
+        help="dps: data std for the posterior-variance term, smc: for its twist (default: the "
+        "model's sigma_data; "
         "0 drops the term and uses the network's Jacobian throughout: plain DPS)",
     )
     parser.add_argument(
         "--network-sigma",
-        type=float,
+        type=positive,
         default=None,
         help="dps: noise level below which the denoiser's Jacobian comes from the network (above "
         "it: the Gaussian one); default 10 x the data std",
@@ -92,6 +102,7 @@ def run_restoration(
         scale=args.scale,
         data_std=data_std,
         network_sigma=network_sigma,
+        particles=args.particles,
         batch_size=args.batch_size,
         seed=args.seed,
         device=device,
@@ -104,4 +115,9 @@ def run_restoration(
         f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f} (mean of samples: PSNR "
         f"{m['psnr_of_mean']:.2f} dB, SSIM {m['ssim_of_mean']:.3f}) -> {args.out}"
     )
+    if "particles" in m:
+        print(
+            f"smc: {m['particles']} particles per sample, effective sample size {m['ess_mean']:.1f} "
+            f"on average, {m['ess_min']:.1f} at the lowest, {m['resamples']:.1f} resampling steps"
+        )
     return 0

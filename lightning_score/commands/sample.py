@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lightning_score.commands.options import finite, number
 from lightning_score.config import SamplingConfig
 from lightning_score.outputs import add_overwrite_argument, atomic_path, check_outputs, write_text
 
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
 #: Help per SamplingConfig field. The name lists are kept here, not imported from the sampler
 #: registries, so that `--help` answers without importing torch; a test checks they are complete.
 SAMPLING_HELP = {
-    "sampler": "pc, ode, euler, heun, dpmpp_2m or edm",
+    "sampler": "pc, ode, euler, heun, dpmpp_2m, edm, ddim, euler_ancestral, dpmpp_2m_sde, "
+    "dpmpp_3m, dpmpp_3m_sde, unipc, deis or restart",
     "predictor": "PC predictor: euler_maruyama, reverse_diffusion, ancestral_sampling or none",
     "corrector": "PC corrector: langevin, ald or none",
     "snr": "Langevin corrector's signal-to-noise ratio (sets its step size)",
     "corrector_steps": "corrector steps per PC step",
     "steps": "sampler steps; NFE per step: 1 for euler, dpmpp_2m and a PC predictor (plus "
-    "corrector_steps with a corrector), 2 for heun and edm",
+    "corrector_steps with a corrector) and the grid solvers, 2 for heun, edm and restart",
     "eps": "time where sampling ends (default: the SDE's)",
     "denoise": "final denoising step (Tweedie)",
     "schedule": "fixed-step time grid: uniform, log_sigma, edm or auto (the SDE's default)",
@@ -43,6 +45,13 @@ SAMPLING_HELP = {
     "s_tmin": "edm: lowest sigma that gets churn",
     "s_tmax": "edm: highest sigma that gets churn",
     "s_noise": "edm: noise inflation of the churn",
+    "eta": "ddim, euler_ancestral, dpmpp_*_sde: noise (default 0 for ddim, 1 for the others)",
+    "order": "unipc, deis: order 2 or 3",
+    "variant": "unipc: B(h) bh1 or bh2",
+    "restart_sigma_min": "restart: restart from the first grid sigma at or below this",
+    "restart_sigma_max": "restart: sigma the state is pushed back up to",
+    "restart_steps": "restart: Heun steps from restart_sigma_max back down",
+    "restart_repeats": "restart: restarts (K)",
 }
 DEVICE_HELP = (
     "cpu, cuda, cuda:1 ... (default: the GPU if there is one: cuda:LOCAL_RANK under a launcher "
@@ -62,7 +71,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
-            kind = float if default is None else type(default)  # eps: float | None
+            kind = type(default) if isinstance(default, (int, str)) else finite  # eps: float | None
+            if f.name == "s_tmax":  # inf: churn at every noise level, EDM's default
+                kind = number(float, at_least=0, infinite_ok=True)
             group.add_argument(
                 flag, type=kind, default=None, metavar=f.name.upper(), help=help_text
             )
@@ -136,15 +147,25 @@ def resolve_device(name: str | None) -> torch.device:
 
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    local_rank = os.environ.get("LOCAL_RANK")
-    if name == "cuda" and local_rank is not None:
-        name = f"cuda:{int(local_rank)}"
+    from lightning_score.config import launcher_int
+
+    if name == "cuda" and os.environ.get("LOCAL_RANK"):
+        name = f"cuda:{launcher_int('LOCAL_RANK', 0)}"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(
             f"--device {name} is not a device: use cpu, cuda, cuda:1, mps ..."
         ) from None
+    if device.type == "meta":
+        raise ValueError(f"--device {name} holds shapes only, no numbers: use cpu or cuda")
+    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "cuda") else None
+    if device.type not in ("cpu", "cuda", "mps") and not (
+        backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    ):
+        raise ValueError(
+            f"--device {name}: {device.type.upper()} is not available on this machine; use cpu"
+        )
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -169,15 +190,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rank",
         type=int,
-        default=int(os.environ.get("RANK", 0)),
-        help="this process's rank in a sharded run; $RANK when set (default: %(default)s)",
+        default=None,
+        help="this process's rank in a sharded run (default: $RANK when set, else 0)",
     )
     parser.add_argument(
         "--world-size",
         type=int,
-        default=int(os.environ.get("WORLD_SIZE", 1)),
+        default=None,
         help="processes sharing --num, each writing samples_rank{r}.npz (joined by `lscore "
-        "merge`); $WORLD_SIZE when set (default: %(default)s)",
+        "merge`; default: $WORLD_SIZE when set, else 1)",
     )
     parser.add_argument("--grid", type=int, default=64, help="samples shown in the grid PNG")
     add_overwrite_argument(parser)
@@ -188,12 +209,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from lightning_score.config import launcher_int
     from lightning_score.data import data_examples, data_shape
     from lightning_score.images import save_grid, to_data_space, to_uint8_nhwc
     from lightning_score.sampling.generate import generate, rank_share
-    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.checkpoint import load_model
     from lightning_score.training.speed import for_sampling
 
+    if args.world_size is None:
+        args.world_size = launcher_int("WORLD_SIZE", 1)
+    if args.rank is None:
+        args.rank = launcher_int("RANK", 0)
+    check_positive("--world-size", args.world_size)
     if not 0 <= args.rank < args.world_size:
         raise ValueError(f"--rank must lie in [0, --world-size={args.world_size}), got {args.rank}")
     check_positive("--num", args.num)
@@ -203,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
     stem = "samples" if args.world_size == 1 else f"samples_rank{args.rank:02d}"
     paths = [args.out / f"{stem}{ending}" for ending in (".npz", "_grid.png", ".json")]
     check_outputs(paths, args.overwrite, inputs=[Path(args.checkpoint)])
-    model, exp = load_score_model(args.checkpoint, ema=args.ema, map_location=device)
-    model = for_sampling(model, args.compile, args.bf16)
+    loaded = load_model(args.checkpoint, ema=args.ema, map_location=device)
+    model, exp = for_sampling(loaded.model, args.compile, args.bf16), loaded.config
     cfg = sampling_from_args(exp.sampling, args)
     share = rank_share(args.num, args.rank, args.world_size)
     shape = data_shape(exp.data)
@@ -232,8 +259,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(grid_path) as tmp:
         save_grid(shown, tmp, f"{cfg.sampler}, {result.nfe:g} NFE", overlay)
     meta = {
-        "checkpoint": str(args.checkpoint),
-        "ema": args.ema,
+        **loaded.record(),
         "compile": args.compile,
         "bf16": args.bf16,
         "num": share,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightning_score.commands.options import count, non_negative
 from lightning_score.commands.sample import add_model_arguments, add_sampling_arguments
 from lightning_score.outputs import add_overwrite_argument
 
@@ -29,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--classes", type=_classes, default=None, help="class ids, e.g. 0,3,7 (default: all)"
     )
-    parser.add_argument("--per-class", type=int, default=8, help="samples of each class")
-    parser.add_argument("--scale", type=float, default=1.0, help="guidance scale (1: p(x|y))")
+    parser.add_argument("--per-class", type=count, default=8, help="samples of each class")
+    parser.add_argument(
+        "--scale", type=non_negative, default=1.0, help="guidance scale (1: p(x|y))"
+    )
     parser.add_argument(
         "--classifier", type=Path, default=None, help="noisy classifier for classifier guidance"
     )
@@ -54,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from lightning_score.outputs import check_outputs
     from lightning_score.training.checkpoint import load_score_model
 
-    if args.per_class < 1:
-        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
     given = [Path(args.checkpoint), *(p for p in (args.classifier, args.judge) if p is not None)]
     check_outputs([args.out / name for name in CLASS_SAMPLE_FILES], args.overwrite, given)
     device = resolve_device(args.device)

@@ -37,16 +37,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from omegaconf import OmegaConf
-
-    from lightning_score.config import hardware_problem
-    from lightning_score.experiment import load_config
+    from lightning_score.config import check_finite, check_run_sections, read_config
 
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    cfg = load_config(path, args.overrides, args.preset)
+    # Keys, types and the run-wide values first: these need no torch, so mistakes answer at once
+    raw = read_config(path, args.overrides, presets=args.preset)
+    check_finite(raw)
+    check_run_sections(raw)
+
+    from omegaconf import OmegaConf
+
+    from lightning_score.config import hardware_problem
+    from lightning_score.experiment import check_network_fits, validate
+
+    cfg = validate(raw)
     if args.dry_run:
+        check_network_fits(cfg)
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         problem = hardware_problem(cfg)
         if problem:

@@ -19,19 +19,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from omegaconf import OmegaConf
-
-    from lightning_score.conditioning.classifier import (
-        load_classifier,
-        load_classifier_config,
-        train_classifier,
-        validation_accuracy,
-    )
+    from lightning_score.config import ClassifierConfig, check_name_and_seed, read_config
 
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    cfg = load_classifier_config(path, args.overrides)
+    raw = read_config(path, args.overrides, ClassifierConfig)
+    check_name_and_seed(raw.name, raw.seed)  # before torch is imported
+
+    from omegaconf import OmegaConf
+
+    from lightning_score.conditioning.classifier import (
+        load_classifier,
+        train_classifier,
+        validate_classifier_config,
+        validation_accuracy,
+    )
+
+    cfg = validate_classifier_config(raw)
     if args.dry_run:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from lightning_score.config import (
     ClassifierConfig,
     ExperimentConfig,
+    check_finite,
+    check_name_and_seed,
     config_from_dict,
     read_config,
     require,
@@ -40,6 +42,7 @@ from lightning_score.losses import TIME_SAMPLERS
 from lightning_score.nets.layers import FourierEmbedding, Resample, ResBlock, conv2d, group_norm
 from lightning_score.nets.layers import linear as dense
 from lightning_score.parameterization import EDMParameterization
+from lightning_score.run_lock import run_lock
 from lightning_score.sde import SDE, batch_broadcast, build_sde, validate_sde_config
 from lightning_score.training.checkpoint import CheckpointError, load_checkpoint
 
@@ -99,10 +102,12 @@ class NoiseConditionalClassifier(nn.Module):
 
 def validate_classifier_config(cfg: ClassifierConfig) -> ClassifierConfig:
     """Every section's checks, one line naming the key; fills the SDE's open defaults."""
+    check_name_and_seed(cfg.name, cfg.seed)
+    check_finite(cfg)
     validate_sde_config(cfg.sde)
     validate_data_config(cfg.data)
     require(cfg.num_classes >= 2, f"num_classes must be >= 2, got {cfg.num_classes}")
-    check_labels(cfg.num_classes, cfg.data)
+    check_labels(cfg.num_classes, cfg.data, key="num_classes")
     require(
         len(data_shape(cfg.data)) == 3,
         f"the noisy classifier takes images; data.name='{cfg.data.name}' is not an image set",
@@ -218,11 +223,27 @@ class ClassifierModule(L.LightningModule):
 def train_classifier(cfg: ClassifierConfig) -> Path:
     """Train the classifier of a checked config; returns the run directory, which holds
     ``config.yaml``, ``checkpoints/last.ckpt`` and ``logs/``. A run directory that already
-    holds checkpoints is refused (nothing is overwritten)."""
+    holds checkpoints, or that another process writes into, is refused (nothing is overwritten).
+    Checkpoints are written as the score model's are (``last-prev.ckpt`` kept, SIGTERM and Ctrl-C
+    save ``last`` and exit 143 / 130)."""
+    with run_lock(cfg.run_dir, "lscore train-classifier"):
+        return _train_classifier(cfg)
+
+
+def _train_classifier(cfg: ClassifierConfig) -> Path:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from lightning_score.data import build_datamodule
     from lightning_score.training.loggers import build_logger
-    from lightning_score.training.reliability import AtomicCheckpointIO, RunCheckpoint
+    from lightning_score.training.reliability import (
+        INTERRUPTED_EXIT_CODE,
+        PREEMPTED_EXIT_CODE,
+        AtomicCheckpointIO,
+        RunCheckpoint,
+        SaveOnInterrupt,
+    )
 
+    interrupt = SaveOnInterrupt()
     existing = sorted((cfg.run_dir / "checkpoints").glob("*.ckpt"))
     require(
         not existing,
@@ -254,10 +275,11 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
                 filename="step{step:07d}",
                 auto_insert_metric_name=False,
                 every_n_train_steps=cfg.checkpoint.every_n_steps,
-                save_top_k=0,
+                save_top_k=-1 if cfg.checkpoint.keep_periodic else 0,
                 save_last=True,
                 enable_version_counter=False,
-            )
+            ),
+            interrupt,
         ],
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
@@ -265,7 +287,11 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     )
     if trainer.is_global_zero:
         save_config(cfg, cfg.run_dir / "config.yaml")
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except SIGTERMException:
+        code = INTERRUPTED_EXIT_CODE if interrupt.received else PREEMPTED_EXIT_CODE
+        raise SystemExit(code) from None
     return cfg.run_dir
 
 

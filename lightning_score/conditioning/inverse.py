@@ -14,6 +14,8 @@ Two methods, both composing with the samplers without copying them:
   fixed-grid sampler: the adaptive ODE refuses it.
 * ``dps`` (noisy y, any sampler including the adaptive ODE): the measurement gradient of
   :func:`lightning_score.conditioning.guidance.measurement_guided`.
+* ``smc`` (noiseless or noisy y): K particles per sample
+  (:mod:`lightning_score.conditioning.particles`), exact as K grows.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ from lightning_score.conditioning.operators import (
     RandomProjection,
     gaussian_kernel,
 )
+from lightning_score.conditioning.particles import DATA_STD, ParticleSamples, smc_solve
 from lightning_score.config import SamplingConfig
 from lightning_score.sampling import SampleResult
 from lightning_score.sampling.base import kernel, noise_like
 from lightning_score.sde import SDE, ScoreFn
 
-METHODS = ("projection", "dps")
+METHODS = ("projection", "dps", "smc")
 
 
 class Projection:
@@ -110,6 +113,8 @@ def inverse_condition(
             network_sigma=network_sigma,
         )
         return Condition(guided)
+    if method == "smc":
+        raise ValueError("the smc method is no per-batch condition: call solve_inverse")
     raise ValueError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
 
 
@@ -127,17 +132,37 @@ def solve_inverse(
     scale: float = 1.0,
     data_std: float | None = None,
     network_sigma: float | None = None,
+    particles: int = 16,
     batch_size: int = 64,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> SampleResult:
     """``samples_per_input`` posterior samples for each measurement in ``y`` (N, ...), in model
-    space, shaped (N, samples_per_input, *data_shape)."""
+    space, shaped (N, samples_per_input, *data_shape). With ``method="smc"`` each sample is one
+    run of ``particles`` particles (batches of at most ``batch_size`` particles), and NFE counts
+    the score evaluations of all its particles."""
     check_measurements(operator, y, data_shape)
     if samples_per_input < 1:
         raise ValueError(f"samples per input must be >= 1, got {samples_per_input}")
     repeated = y.repeat_interleave(samples_per_input, dim=0)
+    if method == "smc":
+        out = smc_solve(
+            score_fn,
+            sde,
+            data_shape,
+            operator,
+            repeated,
+            cfg,
+            particles=particles,
+            noise_std=noise_std,
+            data_std=data_std or DATA_STD,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+        )
+        out.samples = out.samples.reshape(y.shape[0], samples_per_input, *data_shape)
+        return out
 
     def condition_for(part: slice) -> Condition:
         return inverse_condition(
@@ -265,6 +290,7 @@ def restore(
     scale: float = 1.0,
     data_std: float | None = None,
     network_sigma: float | None = None,
+    particles: int = 16,
     batch_size: int = 64,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -289,6 +315,7 @@ def restore(
         scale=scale,
         data_std=data_std,
         network_sigma=network_sigma,
+        particles=particles,
         batch_size=batch_size,
         seed=seed,
         device=device,
@@ -297,6 +324,8 @@ def restore(
     samples01 = sde.unscale_data(out.samples).clamp(0, 1)
     observation01 = sde.unscale_data(operator.observation_image(y)).clamp(0, 1)
     metrics = restoration_metrics(samples01, truth01)
+    if isinstance(out, ParticleSamples):
+        metrics |= out.stats
     return Restoration(truth01, observation01, y, samples01, out.nfe, metrics)
 
 

@@ -299,9 +299,14 @@ def named_mask(name: str, size: tuple[int, int], seed: int = 0) -> Tensor:
     elif kind == "center":
         mask[h // 4 : h - h // 4, w // 4 : w - w // 4] = 0
     elif kind == "random":
-        fraction = float(arg) if arg else 0.5
+        try:
+            fraction = float(arg) if arg else 0.5
+        except ValueError:
+            fraction = math.nan
         if not 0 < fraction < 1:
-            raise ValueError(f"random:FRACTION needs a fraction in (0, 1), got {arg}")
+            raise ValueError(
+                f"mask 'random:{arg}': random:FRACTION needs a number in (0, 1), e.g. random:0.7"
+            )
         gen = torch.Generator().manual_seed(seed)
         mask = (torch.rand(h, w, generator=gen) >= fraction).float()
     else:
@@ -322,14 +327,24 @@ def load_mask(spec: str, size: tuple[int, int], seed: int = 0) -> Tensor:
         raise ValueError(
             f"mask '{spec}' is neither a mask name ({', '.join(MASK_NAMES)}) nor an existing file"
         )
-    if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            array = data[data.files[0]]
+    if path.suffix in (".npy", ".npz"):
+        from lightning_score.conditioning.inputs import read_array
+
+        array = read_array(path, what="mask")
     else:
         from PIL import Image
 
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L"))
-    return torch.from_numpy(np.asarray(array, dtype=np.float32) > 0).float()
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("L"))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(
+                f"mask {path} is not a readable image ({err}): give .npy, .npz or an image"
+            ) from None
+    values = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(values).all():  # NaN > 0 is False: it would silently mark pixels missing
+        raise ValueError(
+            f"mask {path} holds {int((~np.isfinite(values)).sum())} NaN or infinite values: give "
+            "a mask of 0 (missing) and 1 (known)"
+        )
+    return torch.from_numpy(values > 0).float()

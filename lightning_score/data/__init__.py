@@ -94,6 +94,12 @@ def _toy2d(cfg: DataConfig, seed: int) -> ScoreDataModule:
     return ScoreDataModule(cfg, data_shape(cfg), splits, seed)
 
 
+def _streaming(cfg: DataConfig, seed: int) -> ScoreDataModule:
+    from lightning_score.data.streaming import StreamingDataModule  # litdata loads on use
+
+    return StreamingDataModule(cfg, seed)
+
+
 GRAYSCALE = {"digits", "fashion_mnist"}
 
 DATASETS: dict[str, Callable[[DataConfig, int], ScoreDataModule]] = {
@@ -114,6 +120,7 @@ DATASETS: dict[str, Callable[[DataConfig, int], ScoreDataModule]] = {
     ),
     "folder": _folder,
     "toy2d": _toy2d,
+    "streaming": _streaming,
 }
 
 
@@ -121,7 +128,7 @@ def data_shape(cfg: DataConfig) -> tuple[int, ...]:
     """Shape of one example, known from the config alone (networks are built before data loads)."""
     if cfg.name == "toy2d":
         return (2,)
-    channels = 1 if cfg.name in GRAYSCALE else 3
+    channels = cfg.channels if cfg.name == "streaming" else 1 if cfg.name in GRAYSCALE else 3
     return (channels, cfg.image_size, cfg.image_size)
 
 
@@ -180,6 +187,7 @@ DATA_CLASSES: dict[str, int | None] = {
     "fashion_mnist": 10,
     "cifar10": 10,
     "folder": None,
+    "streaming": None,
 }
 
 
@@ -202,20 +210,20 @@ def class_name(d: DataConfig, label: int) -> str:
     return names[label] if 0 <= label < len(names) else f"class {label}"
 
 
-def check_labels(num_classes: int, d: DataConfig) -> None:
-    """A class-conditional model (``model.num_classes > 0``) needs a data set with that many labels."""
+def check_labels(num_classes: int, d: DataConfig, key: str = "model.num_classes") -> None:
+    """A class-conditional model (``model.num_classes > 0``; ``key``: the config entry that set
+    ``num_classes``) needs a data set with that many labels."""
     if num_classes == 0:
         return
     require(
         d.name in DATA_CLASSES,
-        f"model.num_classes={num_classes} needs labelled data, but data.name='{d.name}' has no "
-        f"labels: use one of {', '.join(sorted(DATA_CLASSES))} or set model.num_classes=0",
+        f"{key}={num_classes} needs labelled data, but data.name='{d.name}' has no "
+        f"labels: use one of {', '.join(sorted(DATA_CLASSES))} or set {key}=0",
     )
     known = DATA_CLASSES[d.name]
     require(
         known is None or known == num_classes,
-        f"data set '{d.name}' has {known} classes, but model.num_classes={num_classes}: "
-        f"set model.num_classes={known}",
+        f"data set '{d.name}' has {known} classes, but {key}={num_classes}: set {key}={known}",
     )
 
 
@@ -227,6 +235,13 @@ def validate_data_config(d: DataConfig) -> None:
     require(0 <= d.val_fraction < 1, f"data.val_fraction must lie in [0, 1), got {d.val_fraction}")
     require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     require_choice(d.bad_images, {"stop", "skip"}, "data.bad_images")
+    if d.name == "streaming":
+        require(
+            bool(d.input_dir),
+            "data.name=streaming needs data.input_dir: a folder or s3:// gs:// URI written by "
+            "`lscore prepare`",
+        )
+        require(d.channels in (1, 3), f"data.channels must be 1 or 3, got {d.channels}")
 
 
 def build_datamodule(cfg: DataConfig, seed: int = 0) -> ScoreDataModule:

@@ -32,7 +32,8 @@ from lightning_score.images import to_uint8
 class EvaluationCallback(L.Callback):
     """Sample ``num_samples`` images over all ranks every ``every_n_steps`` steps; log the metrics.
 
-    ``reference``: a stats file from ``lscore stats`` (or loaded :class:`ReferenceStats`).
+    ``reference``: a stats file from ``lscore stats`` (or loaded :class:`ReferenceStats`);
+    ``reference_set`` says what they describe (default: the file's name).
     ``extractor``: defaults to the standard Inception network (``load_inception``).
     Writes ``eval_step{step}.json`` and ``eval_step{step}.png`` under ``out_dir`` (rank 0), and
     with ``save_samples`` each rank's uint8 samples as ``eval_step{step}_rank{r}.npz``.
@@ -52,6 +53,7 @@ class EvaluationCallback(L.Callback):
         grid: int = 64,
         save_samples: bool = False,
         kid_subset_size: int = 1000,
+        reference_set: str | None = None,
     ) -> None:
         super().__init__()
         if every_n_steps <= 0 or num_samples < 2:
@@ -71,6 +73,10 @@ class EvaluationCallback(L.Callback):
         self.grid = grid
         self.save_samples = save_samples
         self.kid_subset_size = kid_subset_size
+        #: what the reference statistics describe, recorded beside the metrics (model cards)
+        self.reference_set = reference_set or (
+            None if isinstance(reference, ReferenceStats) else f"statistics file {reference}"
+        )
         self.metrics: ImageMetrics | None = None
         self._last_evaluated = 0
 
@@ -106,7 +112,13 @@ class EvaluationCallback(L.Callback):
         for name, value in values.items():
             pl_module.log(name, value, rank_zero_only=True)
         if trainer.is_global_zero:
-            record = {"step": step, "metrics": values, "nfe": nfe, "num_samples": self.num_samples}
+            record = {
+                "step": step,
+                "metrics": values,
+                "nfe": nfe,
+                "num_samples": self.num_samples,
+                "reference_set": self.reference_set,
+            }
             (self.out_dir / f"eval_step{step:07d}.json").write_text(json.dumps(record, indent=2))
 
     @torch.no_grad()
@@ -114,6 +126,7 @@ class EvaluationCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule
     ) -> tuple[dict[str, float], float]:
         """This rank's share of samples into the metric states, then the synced metric values."""
+        from lightning_score.progress import progress_bar
         from lightning_score.sampling.generate import rank_share, stream_samples
 
         assert self.metrics is not None, "setup() runs first"
@@ -125,30 +138,40 @@ class EvaluationCallback(L.Callback):
         nfes = []
         self.metrics.to(pl_module.device)
         self.metrics.reset()
-        for batch in stream_samples(
-            pl_module.score_model,
-            sde,
-            pl_module.data_shape,
-            self.sampling,
-            num=rank_share(self.num_samples, rank, world),
-            batch_size=self.batch_size,
-            seed=self.seed,
-            rank=rank,
-            device=pl_module.device,
-            progress=rank == 0,
-            desc=f"evaluation samples ({self.sampling.sampler}, {world} rank(s))",
-        ):
-            images = to_uint8(sde.unscale_data(batch.samples).clamp(0, 1))
-            self.metrics.update(images)
-            nfes.append(batch.nfe)
-            if self.save_samples or (rank == 0 and sum(len(k) for k in kept) < self.grid):
-                kept.append(images.cpu())
+        share = rank_share(self.num_samples, rank, world)
+        features = progress_bar(
+            total=share,
+            desc=f"Inception features ({', '.join(self.metric_names)})",
+            unit="image",
+            enabled=rank == 0,
+        )
+        with features:
+            for batch in stream_samples(
+                pl_module.score_model,
+                sde,
+                pl_module.data_shape,
+                self.sampling,
+                num=share,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                rank=rank,
+                device=pl_module.device,
+                progress=rank == 0,
+                desc=f"evaluation samples ({self.sampling.sampler}, {world} rank(s))",
+            ):
+                images = to_uint8(sde.unscale_data(batch.samples).clamp(0, 1))
+                self.metrics.update_counted(images, features)
+                nfes.append(batch.nfe)
+                if self.save_samples or (rank == 0 and sum(len(k) for k in kept) < self.grid):
+                    kept.append(images.cpu())
         pl_module.train(was_training)
         values = self.metrics.compute()  # collective: every rank gets here
-        self._write_outputs(trainer.global_step, rank, kept)
-        return values, float(np.mean(nfes)) if nfes else 0.0
+        nfe = float(np.mean(nfes)) if nfes else 0.0
+        caption = f"step {trainer.global_step}, {self.sampling.sampler}, {nfe:g} NFE"
+        self._write_outputs(trainer.global_step, rank, kept, caption)
+        return values, nfe
 
-    def _write_outputs(self, step: int, rank: int, kept: list[Tensor]) -> None:
+    def _write_outputs(self, step: int, rank: int, kept: list[Tensor], caption: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         images = torch.cat(kept) if kept else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
         if self.save_samples:
@@ -157,4 +180,4 @@ class EvaluationCallback(L.Callback):
         if rank == 0 and len(images):
             from lightning_score.images import save_grid
 
-            save_grid(images[: self.grid], self.out_dir / f"eval_step{step:07d}.png", "")
+            save_grid(images[: self.grid], self.out_dir / f"eval_step{step:07d}.png", caption)

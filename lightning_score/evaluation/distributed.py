@@ -9,13 +9,14 @@ different numbers of steps.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from lightning_score.config import launcher_int
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,8 @@ class Ranks:
 @contextmanager
 def process_group() -> Iterator[Ranks]:
     """The ranks torchrun set (WORLD_SIZE, RANK, LOCAL_RANK), with a gloo group while inside."""
-    env = os.environ
     ranks = Ranks(
-        int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+        launcher_int("RANK", 0), launcher_int("WORLD_SIZE", 1), launcher_int("LOCAL_RANK", 0)
     )
     started = ranks.world_size > 1 and not dist.is_initialized()
     if started:

@@ -5,6 +5,7 @@ counts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +83,10 @@ def count_suffix(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
+#: images per Inception call when the pass is counted (a progress step of ~5 s on a CPU)
+INCEPTION_PART = 32
+
+
 class ImageMetrics(nn.Module):
     """torchmetrics FID / IS / KID fed by one extractor pass per batch.
 
@@ -144,6 +149,13 @@ class ImageMetrics(nn.Module):
             self.kid.update(feats["pool"], real=real)
         if self.inception_score is not None and not real:
             self.inception_score.update(feats["logits"])
+
+    def update_counted(self, images: Tensor, bar: Any, part: int = INCEPTION_PART) -> None:
+        """:meth:`update` in parts of ``part`` images, counted on ``bar``: the Inception pass over
+        a large last batch takes a minute on a CPU and would otherwise show nothing."""
+        for chunk in images.split(part):
+            self.update(chunk)
+            bar.update(len(chunk))
 
     def set_reference(self, stats: ReferenceStats, rank: int = 0) -> None:
         """Load reference statistics as the real-image states (counted on rank 0 only)."""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_score.evaluation.inception import FeatureExtractor
-from lightning_score.images import to_uint8
+from lightning_score.images import load_numpy, to_uint8
 from lightning_score.progress import progress_bar
 
 
@@ -49,7 +49,7 @@ class ReferenceStats:
     @classmethod
     def load(cls, path: str | Path, expected_dim: int | None = None) -> ReferenceStats:
         """Read a stats file; ``expected_dim`` guards against stats of another feature layer."""
-        with np.load(path, allow_pickle=False) as data:
+        with load_numpy(path) as data:
             missing = {"mu", "sigma", "num_samples", "features", "extractor"} - set(data.files)
             if missing:
                 raise ValueError(

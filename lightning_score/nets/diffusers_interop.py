@@ -22,6 +22,7 @@ A hub id works where the hub can be reached; here only local directories do.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ from lightning_score.nets.score import ScoreModel
 from lightning_score.nets.unet import DiffusersUNet
 from lightning_score.parameterization import build_parameterization
 from lightning_score.sde import SDE
+
+#: the file name (without suffix) under which diffusers saves a model's weights
+WEIGHTS_NAME = "diffusion_pytorch_model"
 
 #: UNet2DModel config entries that describe the file, not the network
 _FILE_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
@@ -158,10 +162,8 @@ def scheduler_config(source: str | Path) -> dict[str, Any] | None:
     """The scheduler config next to the UNet (either layout), or None when there is none."""
     if Path(source).is_dir():
         sub = _local_subfolder(Path(source), "scheduler_config.json", "scheduler")
-        subs = [] if sub is None else [sub]
-    else:
-        subs = ["", "scheduler"]
-    for sub in subs:
+        return None if sub is None else _read_json(Path(source) / sub / "scheduler_config.json")
+    for sub in ("", "scheduler"):
         try:
             # any scheduler class reads any scheduler_config.json; _class_name says whose it is
             return dict(DDPMScheduler.load_config(str(source), subfolder=sub or None))
@@ -179,7 +181,22 @@ def load_diffusers_unet(source: str | Path) -> UNet2DModel:
                 f"{source} holds no UNet2DModel: expected config.json at its root or in unet/ "
                 "(the layouts save_pretrained writes)"
             )
-        return UNet2DModel.from_pretrained(str(source), subfolder=sub or None)
+        check_local_unet(Path(source) / sub)
+        try:  # safetensors only: a pickled .bin is never opened, since unpickling can run code
+            return UNet2DModel.from_pretrained(
+                str(source), subfolder=sub or None, use_safetensors=True
+            )
+        except (OSError, RuntimeError, ValueError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["?"]
+            mismatch = next((line for line in lines if "size mismatch" in line), None)
+            if mismatch is None:
+                raise ValueError(
+                    f"diffusers cannot load {Path(source) / sub}: {lines[0]}"
+                ) from None
+            raise ValueError(
+                f"the weights in {Path(source) / sub} do not fit its config.json ({mismatch}): "
+                "the config was edited or belongs to another model; download the folder again"
+            ) from None
     try:
         return UNet2DModel.from_pretrained(str(source))
     except OSError as root_error:  # a pipeline repository keeps the UNet in unet/
@@ -187,6 +204,46 @@ def load_diffusers_unet(source: str | Path) -> UNet2DModel:
             return UNet2DModel.from_pretrained(str(source), subfolder="unet")
         except OSError:
             raise root_error from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or one line that names the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}): download or restore that file again"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a JSON object of settings")
+    return data
+
+
+def check_local_unet(folder: Path) -> None:
+    """Refuse, in one line each, a UNet folder whose config.json is not JSON or whose weights
+    are missing, pickled or truncated, before diffusers reads it."""
+    from safetensors import SafetensorError, safe_open
+
+    _read_json(folder / "config.json")
+    weights = folder / f"{WEIGHTS_NAME}.safetensors"
+    if (folder / f"{WEIGHTS_NAME}.safetensors.index.json").is_file():
+        return  # sharded weights: diffusers checks that every shard is there
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        if pickled:
+            raise ValueError(
+                f"{folder} holds pickled weights only ({', '.join(pickled)}), which lscore never "
+                "opens (unpickling can run code): where you trust the file, re-save it with "
+                "UNet2DModel.from_pretrained(...).save_pretrained(..., safe_serialization=True)"
+            )
+        raise FileNotFoundError(
+            f"{folder} has no {weights.name}: the weights are missing; download the folder again"
+        )
+    try:
+        with safe_open(weights, framework="pt"):  # checks the header against the file's size
+            pass
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights} is truncated or damaged ({err}): download it again") from None
 
 
 def _row_of(source: str | Path, unet: UNet2DModel, sched: dict[str, Any] | None) -> SchedulerRow:

@@ -1,4 +1,5 @@
-"""Samplers for score-based models: PC samplers and probability-flow ODE solvers, by name.
+"""Samplers for score-based models: PC samplers, probability-flow ODE solvers and few-step
+grid solvers (DDIM, Euler ancestral, DPM-Solver++ 2M/3M and SDE, UniPC, DEIS, restart), by name.
 
 ``sample(score_fn, sde, shape, cfg)`` is the one entry point; ``score_fn(x, t)`` can be a trained
 :class:`~lightning_score.nets.ScoreModel`, a converted checkpoint or an analytic score. Every
@@ -14,8 +15,17 @@ from torch import Tensor, nn
 
 from lightning_score.config import ConfigError, SamplingConfig, require
 from lightning_score.registry import lookup
-from lightning_score.sampling.base import CountingScore, SampleResult, StepHook, no_hook
+from lightning_score.sampling.ancestral import sample_ddim, sample_restart
+from lightning_score.sampling.base import (
+    CountingScore,
+    SampleResult,
+    StepHook,
+    linear_sde_reason,
+    no_hook,
+)
 from lightning_score.sampling.correctors import CORRECTORS, corrector_unsupported
+from lightning_score.sampling.grid import GridModel, grid_sampler
+from lightning_score.sampling.multistep import sample_deis, sample_dpmpp_sde, sample_unipc
 from lightning_score.sampling.ode import (
     ODE_METHODS,
     edm_sampler,
@@ -45,7 +55,73 @@ SAMPLERS: dict[str, Sampler] = {
     "heun": fixed_step_sampler(solve_heun),
     "dpmpp_2m": fixed_step_sampler(solve_dpmpp_2m),
     "edm": edm_sampler,
+    "ddim": grid_sampler(sample_ddim, lambda c: {"eta": 0.0 if c.eta is None else c.eta}),
+    "euler_ancestral": grid_sampler(sample_ddim, lambda c: {"eta": _eta(c)}),
+    "dpmpp_2m_sde": grid_sampler(sample_dpmpp_sde, lambda c: {"order": 2, "eta": _eta(c)}),
+    "dpmpp_3m": grid_sampler(sample_dpmpp_sde, lambda c: {"order": 3, "eta": 0.0}),
+    "dpmpp_3m_sde": grid_sampler(sample_dpmpp_sde, lambda c: {"order": 3, "eta": _eta(c)}),
+    "unipc": grid_sampler(sample_unipc, lambda c: {"order": c.order, "variant": c.variant}),
+    "deis": grid_sampler(sample_deis, lambda c: {"order": c.order}),
+    "restart": grid_sampler(
+        sample_restart,
+        lambda c: {
+            "sigma_min": c.restart_sigma_min,
+            "sigma_max": c.restart_sigma_max,
+            "steps": c.restart_steps,
+            "repeats": c.restart_repeats,
+        },
+    ),
 }
+#: the grid solvers (sampling/grid.py) and the knobs each one reads
+GRID_SOLVER_KNOBS = {
+    "ddim": ("eta",),
+    "euler_ancestral": ("eta",),
+    "dpmpp_2m_sde": ("eta",),
+    "dpmpp_3m": (),
+    "dpmpp_3m_sde": ("eta",),
+    "unipc": ("order", "variant"),
+    "deis": ("order",),
+    "restart": ("restart_sigma_min", "restart_sigma_max", "restart_steps", "restart_repeats"),
+}
+ORDERS = (2, 3)
+UNIPC_VARIANTS = ("bh1", "bh2")
+
+
+def _eta(cfg: SamplingConfig) -> float:
+    """The noise of an ancestral or SDE solver: 1 (the papers') unless set."""
+    return 1.0 if cfg.eta is None else cfg.eta
+
+
+def _check_grid_solver(sde: SDE, cfg: SamplingConfig) -> None:
+    """The grid solvers' knobs, and the SDEs they run on (linear: they need its kernel)."""
+    require(
+        sde.linear,
+        str(linear_sde_reason(sde, f"sampler '{cfg.sampler}'")),
+    )
+    if "order" in GRID_SOLVER_KNOBS[cfg.sampler]:
+        require(
+            cfg.order in ORDERS,
+            f"sampling.order {cfg.order} is not an order of '{cfg.sampler}'; valid: "
+            f"{', '.join(map(str, ORDERS))}",
+        )
+    if cfg.sampler == "unipc":
+        require(
+            cfg.variant in UNIPC_VARIANTS,
+            f"sampling.variant '{cfg.variant}' is not a UniPC B(h); valid: "
+            f"{', '.join(UNIPC_VARIANTS)}",
+        )
+    if cfg.sampler == "restart":
+        top = float(sde.sigma(torch.tensor([sde.T], dtype=torch.float64)))
+        require(
+            0 < cfg.restart_sigma_min < cfg.restart_sigma_max < top,
+            f"sampling.restart_sigma_min ({cfg.restart_sigma_min}) and restart_sigma_max "
+            f"({cfg.restart_sigma_max}) must satisfy 0 < min < max < sigma(T) = {top:.4g}",
+        )
+        require(
+            cfg.restart_steps >= 1 and cfg.restart_repeats >= 0,
+            f"sampling.restart_steps must be >= 1 and restart_repeats >= 0, got "
+            f"{cfg.restart_steps} and {cfg.restart_repeats}",
+        )
 
 
 def _named(table: dict, name: str, what: str) -> None:
@@ -105,6 +181,14 @@ def check_sampling(sde: SDE, cfg: SamplingConfig) -> None:
         "probability-flow ODE: use sampling.sampler=pc or turn resampling off "
         "(sampling.resample_repeats=1)",
     )
+    noisy = [name for name, knobs in GRID_SOLVER_KNOBS.items() if "eta" in knobs]
+    require(
+        cfg.eta is None or (cfg.sampler in noisy and cfg.eta >= 0),
+        f"sampling.eta ({cfg.eta}) must be >= 0 and applies to {', '.join(noisy)} only; "
+        f"sampler '{cfg.sampler}' takes none: leave it unset",
+    )
+    if cfg.sampler in GRID_SOLVER_KNOBS:
+        _check_grid_solver(sde, cfg)
     if cfg.sampler == "pc":
         require(
             not (cfg.predictor == "none" and cfg.corrector == "none"),
@@ -177,10 +261,12 @@ def sample(
 
 __all__ = [
     "CORRECTORS",
+    "GRID_SOLVER_KNOBS",
     "ODE_METHODS",
     "PREDICTORS",
     "SAMPLERS",
     "SCHEDULES",
+    "GridModel",
     "SampleResult",
     "StepHook",
     "batch_seed",
@@ -190,6 +276,11 @@ __all__ = [
     "ode_encode",
     "ode_solve",
     "sample",
+    "sample_ddim",
+    "sample_deis",
+    "sample_dpmpp_sde",
+    "sample_restart",
+    "sample_unipc",
     "solve_dpmpp_2m",
     "solve_edm_stochastic",
     "solve_euler",

@@ -7,6 +7,7 @@ Used by the commands to say up front when their defaults would run for hours on 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,22 @@ def nfe_per_sample(sde: SDE, cfg: SamplingConfig) -> int | None:
     if cfg.sampler == "ode":
         return None
     return sample(lambda x, t: -x, sde, (1, 1), cfg, device="cpu").nfe
+
+
+def steps_for_nfe(sde: SDE, cfg: SamplingConfig, nfe: int) -> int:
+    """The step count whose counted NFE under ``cfg`` comes closest to ``nfe`` (the smaller on a
+    tie): how an ablation puts samplers of 1, 2 or more NFE per step on one axis."""
+    best, best_gap = 1, None
+    for steps in range(1, nfe + 1):
+        count = nfe_per_sample(sde, dataclasses.replace(cfg, steps=steps))
+        if count is None:
+            raise ValueError(f"sampler '{cfg.sampler}' has no fixed NFE to aim at")
+        gap = abs(count - nfe)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = steps, gap
+        if count >= nfe:
+            break
+    return best
 
 
 def timed(fn: Callable[[], object], device: torch.device | str) -> float:

@@ -2,14 +2,17 @@
 ``lscore evaluate``.
 
 Rank r of W writes ``samples_rank{r:02d}.npz`` (``arr_0``) and ``samples_rank{r:02d}.json`` (its
-settings: checkpoint, seed, sampler, rank, world size, count). A merge checks that every rank is
-there exactly once, that all shards were drawn with the same settings (so that no two ranks
-repeat noise and the union is one experiment), and concatenates them in rank order.
+settings: checkpoint, the weights' step, SHA-256 and EMA / raw, seed, sampler, rank, world size,
+count). A merge checks that every rank is there exactly once, that all shards were drawn from the
+same weights with the same settings (so that no two ranks repeat noise and the union is one
+experiment), and concatenates them in rank order. A shard that cannot be read, or whose JSON
+lacks an entry, is refused in one line naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,9 @@ from lightning_score.outputs import atomic_path, write_text
 
 SHARD_GLOB = "samples_rank*.npz"
 #: settings that must agree across the shards of one run
-SHARED_KEYS = ("checkpoint", "ema", "seed", "world_size", "sampling")
+SHARED_KEYS = ("checkpoint", "step", "weights_sha256", "ema", "seed", "world_size", "sampling")
+#: entries every shard JSON must hold
+REQUIRED_KEYS = ("rank", "world_size", "num", "seed", "checkpoint")
 
 
 class ShardError(ValueError):
@@ -41,14 +46,36 @@ def _read_shard(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise ShardError(
             f"{path} has no {meta_path.name} beside it: was it written by lscore sample?"
         )
-    meta = json.loads(meta_path.read_text())
-    with np.load(path, allow_pickle=False) as data:
-        if "arr_0" not in data.files:
-            raise ShardError(f"{path} holds {data.files}, expected samples under 'arr_0'")
-        samples = data["arr_0"]
+    rerun = "rerun `lscore sample` for that rank with --overwrite"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ShardError(f"{meta_path} is not readable JSON ({err}): {rerun}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ShardError(
+            f"{meta_path} lacks {', '.join(missing)}: it was not written by `lscore sample`; "
+            f"{rerun}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = data.files
+            samples = data["arr_0"] if "arr_0" in names else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ShardError(
+            f"{path} is truncated or not an .npz of samples ({type(err).__name__}): {rerun}"
+        ) from None
+    if samples is None:
+        raise ShardError(f"{path} holds {names}, expected samples under 'arr_0'")
     if len(samples) != meta.get("num"):
         raise ShardError(f"{path} holds {len(samples)} samples, its JSON says {meta.get('num')}")
     return samples, meta
+
+
+def shard_files(directory: Path) -> list[Path]:
+    """The shards of ``directory`` and the JSON beside each: what a merge reads."""
+    shards = sorted(Path(directory).glob(SHARD_GLOB))
+    return [*shards, *(p.with_suffix(".json") for p in shards)]
 
 
 def merge_shards(directory: Path) -> MergedShards:
@@ -66,7 +93,8 @@ def merge_shards(directory: Path) -> MergedShards:
         if differ:
             raise ShardError(
                 f"{path.name} differs from {paths[0].name} in {', '.join(differ)}: the shards of "
-                "one run share checkpoint, seed, sampler and world size"
+                "one run share weights (checkpoint, step, SHA-256, EMA), seed, sampler and world "
+                "size; rerun the odd ranks with the same checkpoint and flags"
             )
     world = int(first["world_size"])
     ranks = [int(meta["rank"]) for _, meta in shards]

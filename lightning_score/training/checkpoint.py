@@ -20,13 +20,22 @@ runs at several GB/s; see ``bench/checkpoint_verify.py``).
 :func:`find_resume_checkpoint` picks the checkpoint a preempted run continues from: the one with
 the highest step stored inside it that verifies, with the reasons the others were passed over.
 File times play no part: a copied or restored run directory has meaningless ones.
+
+Provenance: :func:`weights_digest` is a SHA-256 of the model's weights (names, dtypes, shapes and
+bytes), the same for a checkpoint and its export. An export stores a SHA-256 of it and of its
+metadata (:func:`export_checksum`) that every load recomputes and compares (safetensors has no
+checksum of its own); every sample, evaluate, likelihood and ablate output records the digest
+with the step and EMA / raw (:class:`LoadedModel`), so that ``lscore merge`` can refuse shards
+drawn from different weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,8 @@ MODEL_PREFIX = "score_model."
 #: the weights file of an export, and the metadata keys that make it one of ours
 EXPORT_FILE = "model.safetensors"
 EXPORT_FORMAT = "lightning-score"
+#: the metadata key of an export's checksum (:func:`export_checksum`)
+EXPORT_CHECKSUM = "sha256"
 _CHUNK = 1 << 24  # bytes per read while checking a record's CRC-32
 
 
@@ -49,8 +60,13 @@ class CheckpointError(RuntimeError):
 
 
 def _require_zip(path: Path) -> None:
-    """Refuse files without the zip directory that torch.save writes last (text files, other
-    formats, truncated copies) before torch.load turns them into obscure tracebacks."""
+    """Refuse a path that is no file, and files without the zip directory that torch.save writes
+    last (text files, other formats, truncated copies), before torch.load turns them into
+    obscure tracebacks."""
+    if path.is_dir():
+        raise CheckpointError(not_a_checkpoint_folder(path))
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"checkpoint {path} is corrupt, truncated or not a checkpoint at all (no zip archive "
@@ -97,8 +113,6 @@ def load_checkpoint(
     metadata (step, config) that says nothing about the tensors' bytes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file")
     if verify:
         verify_checkpoint(path)
     else:
@@ -133,10 +147,10 @@ def checkpoint_config(ckpt: dict[str, Any]) -> ExperimentConfig:
         ) from None
     try:
         return from_dict(saved)
-    except ConfigError as err:
+    except (ConfigError, TypeError, ValueError, OverflowError) as err:
         raise CheckpointError(
             f"the checkpoint's config does not fit this version of lightning-score ({err}); "
-            "was it written by another version?"
+            "was it written by another version, or edited?"
         ) from None
 
 
@@ -153,11 +167,14 @@ def model_state(ckpt: dict[str, Any], ema: bool) -> dict[str, torch.Tensor]:
 
 
 def is_loadable_checkpoint(path: Path) -> bool:
-    """Whether ``path`` verifies and loads as a checkpoint of ours (weights, step and config)."""
+    """Whether ``path`` verifies and loads as a checkpoint of ours (weights, step and config): a
+    score model's, or a noisy classifier's (``lscore train-classifier``)."""
     try:
         ckpt = load_checkpoint(path, mmap=True)
-        checkpoint_config(ckpt)
-        return "global_step" in ckpt
+        saved = ckpt.get("hyper_parameters")
+        if not (isinstance(saved, dict) and isinstance(saved.get("classifier_config"), dict)):
+            checkpoint_config(ckpt)
+        return "global_step" in ckpt and "state_dict" in ckpt
     except CheckpointError:
         return False
 
@@ -185,17 +202,97 @@ def load_export(path: str | Path, ema: bool) -> tuple[dict[str, torch.Tensor], d
             meta = fh.metadata() or {}
         state = load_file(path)
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({err}): export it again "
+            "(`lscore export CKPT --format safetensors --out DIR`)"
+        ) from None
     if meta.get("format") != EXPORT_FORMAT or "config" not in meta:
         raise CheckpointError(
             f"{path} carries no lightning-score config in its metadata: only files written by "
             "`lscore export --format safetensors` (or `lscore convert` of a diffusers model) load"
         )
+    if EXPORT_CHECKSUM not in meta:
+        raise CheckpointError(
+            f"{path} has no checksum (written before exports carried one), so its weights cannot "
+            "be verified: export it again with `lscore export CKPT --format safetensors`"
+        )
+    if export_checksum(state, meta) != meta[EXPORT_CHECKSUM]:
+        raise CheckpointError(
+            f"export {path} is damaged: its weights or metadata do not match the checksum stored "
+            "at export; export it again from the checkpoint"
+        )
+    try:
+        json.loads(meta["config"])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its metadata 'config' is not JSON ({err})") from None
     held = meta.get("weights", "ema")
+    if held not in ("ema", "raw"):
+        raise CheckpointError(
+            f"{path}: its metadata says weights={held!r}, neither 'ema' nor 'raw': export it "
+            "again with `lscore export`"
+        )
     if ema != (held == "ema"):
         fix = "pass --no-ema" if held == "raw" else "drop --no-ema (or export with --raw)"
         raise CheckpointError(f"{path} holds the {held.upper()} weights only: {fix}")
     return state, meta
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``state`` in name order: which weights
+    made an output, the same whether they were read from a checkpoint or from its export."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def export_checksum(state: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str:
+    """SHA-256 of an export's weights and of every metadata entry but the checksum itself."""
+    fields = {k: v for k, v in meta.items() if k != EXPORT_CHECKSUM}
+    text = weights_digest(state) + json.dumps(fields, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A score model ready for samplers and metrics, and which weights it holds."""
+
+    model: ScoreModel
+    config: ExperimentConfig
+    source: str
+    step: int | None
+    ema: bool
+    sha256: str
+
+    def record(self) -> dict[str, Any]:
+        """What an output JSON records of the weights that made it."""
+        return {
+            "checkpoint": self.source,
+            "step": self.step,
+            "ema": self.ema,
+            "weights_sha256": self.sha256,
+        }
+
+
+def load_model(
+    path: str | Path, ema: bool = True, map_location: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Rebuild the score model of a training checkpoint or an export, with its provenance."""
+    exported = export_file(path)
+    if exported is not None:
+        state, meta = load_export(exported, ema)
+        cfg = stored_config(json.loads(meta["config"]), exported)
+        step = int(meta["step"]) if meta.get("step", "").isdigit() else None
+    else:
+        ckpt = load_checkpoint(path)  # to the CPU: a device problem is not a checkpoint problem
+        cfg = checkpoint_config(ckpt)
+        state = model_state(ckpt, ema)
+        step = int(ckpt["global_step"]) if "global_step" in ckpt else None
+    model = score_model_with(cfg, state, path)
+    digest = weights_digest(model.state_dict())
+    return LoadedModel(model.to(map_location).eval(), cfg, str(path), step, ema, digest)
 
 
 def load_score_model(
@@ -203,22 +300,57 @@ def load_score_model(
 ) -> tuple[ScoreModel, ExperimentConfig]:
     """Rebuild the score model of a training checkpoint or an export, ready for samplers and
     metrics."""
-    exported = export_file(path)
-    if exported is not None:
-        state, meta = load_export(exported, ema)
-        cfg = from_dict(json.loads(meta["config"]))
-    else:
-        ckpt = load_checkpoint(path)  # to the CPU: a device problem is not a checkpoint problem
-        cfg = checkpoint_config(ckpt)
-        state = model_state(ckpt, ema)
-    return score_model_with(cfg, state, path).to(map_location).eval(), cfg
+    loaded = load_model(path, ema, map_location)
+    return loaded.model, loaded.config
+
+
+def not_a_checkpoint_folder(path: Path) -> str:
+    """Why a folder is not a checkpoint, with the command that makes one of it where it can."""
+    if (path / "unet" / "config.json").is_file() or (path / "model_index.json").is_file():
+        return (
+            f"{path} is a diffusers model folder, not a checkpoint: convert it first with "
+            f"`lscore convert {path} --data NAME` and pass the folder that writes"
+        )
+    return (
+        f"{path} is a folder without {EXPORT_FILE}: pass a .ckpt file written by `lscore train` "
+        "or an export folder (`lscore export`)"
+    )
+
+
+def stored_config(saved: Any, path: str | Path) -> ExperimentConfig:
+    """The config stored with weights at ``path``, refused in one line if it is not one."""
+    try:
+        return from_dict(saved)
+    except (ConfigError, TypeError, ValueError, OverflowError) as err:
+        raise CheckpointError(
+            f"the config stored in {path} is not valid ({err}): was it written by another "
+            "version of lightning-score, or edited?"
+        ) from None
 
 
 def score_model_with(
     cfg: ExperimentConfig, state: dict[str, torch.Tensor], path: str | Path
 ) -> ScoreModel:
-    """The score model of ``cfg`` holding ``state`` (read from ``path``); every key must fit."""
-    model = build_score_model(cfg)
+    """The score model of ``cfg`` holding ``state`` (read from ``path``); every key and every
+    shape must fit."""
+    try:
+        model = build_score_model(cfg)
+    except (OverflowError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"the config stored in {path} does not build a model ({err}): was it edited?"
+        ) from None
+    own = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} where the config's network has {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"the weights in {path} do not fit the config stored with them ({len(wrong)} "
+            f"shape(s) differ, first: {wrong[0]}): the config was edited or belongs to another "
+            "model; pass the file that was written with these weights"
+        )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

@@ -7,10 +7,11 @@ resumed run holds the rows an uninterrupted run writes.
 
 * CSV: ``logs/metrics.csv`` is continued (Lightning's ``CSVLogger`` deletes it): rows from
   ``resume_step`` on are dropped once the fit has restored the checkpoint (a resume that fails
-  earlier leaves the file alone), and every row goes to disk when it is logged. One gap is
-  Lightning's: the rows of the step a checkpoint is written at are logged just after the write
-  (that step's validation included), and a process killed in between loses them, since the
-  resumed run does not repeat that step.
+  earlier leaves the file alone), and every row goes to disk when it is logged. Lightning logs
+  a step's training rows after its checkpoint is written; ``RunCheckpoint`` logs them before
+  the write instead, so a kill inside it loses none. One gap remains: a validation that runs at a
+  checkpoint step runs after the write, and a process killed before its rows are logged loses
+  them (the resumed run does not repeat that validation).
 * TensorBoard: a resumed run adds an event file; TensorBoard's reader drops the earlier events
   of the steps that file replays (it purges on an out-of-order step).
 * W&B: the run id is kept in ``logs/wandb-run-id``; a resumed run continues that W&B run
@@ -61,6 +62,10 @@ class ScoreWandbLogger(WandbLogger):
     def __init__(self, *args: Any, id_file: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.id_file = id_file
+        # Lightning passes anonymous=None when it is unset, which newer wandb versions answer
+        # with a deprecation warning on every run; unset means leaving it out.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:

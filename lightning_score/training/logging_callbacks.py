@@ -17,7 +17,14 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from lightning_score.config import ExperimentConfig
-from lightning_score.plots import Bins, binned_losses, bins_as_rows, plot_per_t_loss
+from lightning_score.plots import (
+    Bins,
+    Curve,
+    binned_losses,
+    bins_as_rows,
+    plot_loss_curve,
+    plot_per_t_loss,
+)
 
 
 def is_logging_step(trainer: L.Trainer) -> bool:
@@ -84,6 +91,7 @@ class LossProgressBar(TQDMProgressBar):
         self, trainer: L.Trainer, pl_module: L.LightningModule
     ) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)  # the logger's version: the run directory names the run
         step = trainer.global_step
         if 0 < trainer.log_every_n_steps <= step - self._read_at:
             loss = trainer.callback_metrics.get("train/loss")
@@ -128,9 +136,50 @@ class PerTimeLossPlot(L.Callback):
                 logger.log_table(key="val/loss_per_t", columns=list(rows[0]), data=data, step=step)
 
 
+class LossCurvePlot(L.Callback):
+    """``loss.png``: training loss at logging steps and validation loss against the step, drawn
+    after each validation and at the end (overwritten) and sent to the image loggers. The points
+    are kept in the checkpoint, so a resumed run draws the whole run; the training loss is read
+    at logging steps only, when the loggers read it anyway."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.train: Curve = []
+        self.val: Curve = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train": self.train, "val": self.val}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train = [(int(s), float(v)) for s, v in state_dict["train"]]
+        self.val = [(int(s), float(v)) for s, v in state_dict["val"]]
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and trainer.is_global_zero and is_logging_step(trainer):
+            self.train.append((trainer.global_step, float(loss)))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if trainer.sanity_checking or loss is None or not trainer.is_global_zero:
+            return
+        self.val.append((trainer.global_step, float(loss)))
+        self._draw(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and (self.train or self.val):
+            self._draw(trainer)
+
+    def _draw(self, trainer: L.Trainer) -> None:
+        plot_loss_curve(self.train, self.val, self.path)
+        log_image_file(trainer, "train/loss_plot", self.path, trainer.global_step)
+
+
 def logging_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     """The callbacks of this module for a run of ``cfg``."""
     return [
         SamplesPerSecond(window=cfg.trainer.log_every_n_steps),
         PerTimeLossPlot(cfg.run_dir / "per_t_loss.png"),
+        LossCurvePlot(cfg.run_dir / "loss.png"),
     ]  # the progress bar (train_progress.StepProgressBar, a LossProgressBar) is train.py's

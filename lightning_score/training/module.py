@@ -10,6 +10,7 @@ it as :attr:`ScoreModule.step_state`; nothing in a step reads a value back from 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,6 +25,7 @@ from lightning_score.data import data_shape
 from lightning_score.experiment import build_score_model
 from lightning_score.losses import TIME_SAMPLERS, dsm_loss
 from lightning_score.nets import ScoreModel
+from lightning_score.training.checkpoint import load_score_model
 from lightning_score.training.reliability import StepState
 
 
@@ -68,16 +70,36 @@ class ScoreModule(L.LightningModule):
         self.step_state: StepState | None = None  # the last training step's, for the callbacks
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> ScoreModule:
-        """The module for a checked config (network, parameterization and SDE built from it)."""
+    def from_config(cls, cfg: ExperimentConfig, model: ScoreModel | None = None) -> ScoreModule:
+        """The module for a checked config (network, parameterization and SDE built from it, or
+        ``model``, already built for it)."""
         return cls(
-            build_score_model(cfg),
+            model if model is not None else build_score_model(cfg),
             cfg.loss,
             cfg.optim,
             data_shape(cfg.data),
             to_dict(cfg),
             label_dropout=cfg.model.label_dropout,
         )
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: str | torch.device | None = None,
+        ema: bool = True,
+    ) -> ScoreModule:
+        """The module of a training checkpoint or an export, rebuilt from the config stored in it.
+
+        Lightning's own ``load_from_checkpoint`` would call ``__init__`` with the saved
+        hyperparameters, which hold only the config; here the config builds the network and the
+        weights load through the verified, weights-only loader. ``ema`` picks the EMA weights
+        (``False``: the raw ones). The module comes back in eval mode; ``Trainer.fit`` switches
+        it to training (the optimizer state is not restored: pass ``ckpt_path`` to ``fit`` to
+        continue a run).
+        """
+        model, cfg = load_score_model(checkpoint_path, ema=ema, map_location=map_location or "cpu")
+        return cls.from_config(cfg, model=model).eval()
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.score_model(x, t, labels)

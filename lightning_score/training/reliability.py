@@ -14,16 +14,21 @@ update before it reaches the weights.
   :func:`remove_orphaned_temp_files` can tell the leftovers of a killed writer (lock free) from a
   write under way in another process.
 * :class:`RunCheckpoint` (a ``ModelCheckpoint``) also saves ``last`` at the final step and when
-  Lightning's SIGTERM handling stops the run.
+  Lightning's SIGTERM handling stops the run; :class:`SaveOnInterrupt` routes the first Ctrl-C
+  (SIGINT) through the same path, so an interrupted run saves too (exit 130; 143 for SIGTERM).
 * :class:`NonFiniteGuard` checks the loss and the gradients before every optimizer step, on the
   device: the host reads the outcome only at logging steps, checkpoint saves and validation.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,12 +46,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from lightning_score.outputs import file_mode
-from lightning_score.training.checkpoint import is_loadable_checkpoint, load_checkpoint
+from lightning_score.training.checkpoint import (
+    CheckpointError,
+    is_loadable_checkpoint,
+    load_checkpoint,
+)
 from lightning_score.training.logging_callbacks import is_logging_step
 
 #: the exit status of a run stopped by SIGTERM after saving (128 + 15, as if killed by it): job
 #: schedulers that restart failed jobs must not mistake a preempted run for a finished one
 PREEMPTED_EXIT_CODE = 143
+#: the exit status of a run stopped by Ctrl-C (SIGINT) after saving (128 + 2)
+INTERRUPTED_EXIT_CODE = 130
 
 
 class NonFiniteError(FloatingPointError):
@@ -116,6 +127,47 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _out_of_space(err: BaseException | None) -> bool:
+    """Whether ``err`` or an exception it carries is ENOSPC (torch.save wraps the ``OSError`` of
+    a failed write in a ``RuntimeError`` about the stream position)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _raise_if_out_of_space(err: BaseException, path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """Turn a full disk into one line naming the file and the space it needs (the temporary
+    file is already removed; earlier checkpoints were never touched)."""
+    if not _out_of_space(err):
+        return
+    free = shutil.disk_usage(path.parent).free
+    need = _tensor_bytes(checkpoint)
+    raise CheckpointError(
+        f"no space left on the device to write {path}: the checkpoint needs about "
+        f"{_size(need)} and {_size(free)} are free; earlier checkpoints are intact: free some "
+        "space (or move out_dir) and rerun the same command to continue"
+    ) from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**10:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Whole-or-absent checkpoint files that keep their predecessor; weights-only loading."""
 
@@ -134,10 +186,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        # Locked until renamed: the lock tells remove_orphaned_temp_files a writer is alive.
-        with os.fdopen(fd, "wb") as fh:
-            try:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as err:
+            _raise_if_out_of_space(err, path, checkpoint)
+            raise
+        try:
+            # Locked until renamed: the lock tells remove_orphaned_temp_files a writer is alive.
+            with os.fdopen(fd, "wb") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 torch.save(checkpoint, fh)
                 fh.flush()
@@ -153,9 +209,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     )
                     os.replace(path, keep)
                 os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)
+            _raise_if_out_of_space(err, path, checkpoint)
+            raise
         _fsync_dir(path.parent)
 
     def load_checkpoint(
@@ -176,16 +233,31 @@ class RunCheckpoint(ModelCheckpoint):
     Lightning turns SIGTERM into ``SIGTERMException`` at the end of the current batch (under DDP
     all ranks agree on it); :meth:`on_exception` then saves, so a preempted run loses at most one
     batch. Any other exception (a non-finite loss, a crash) saves nothing: the state may be bad.
+    A step's training rows reach the loggers before its checkpoint is written (see
+    :func:`_log_step_rows_now`).
     """
+
+    _at_batch_end = False
+    _flushed_step = -1
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        if trainer.global_step >= trainer.max_steps > 0 and not self._should_skip_saving_checkpoint(
-            trainer
-        ):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._at_batch_end = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+            if trainer.global_step >= trainer.max_steps > 0 and not (
+                self._should_skip_saving_checkpoint(trainer)
+            ):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._at_batch_end = False
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if self._at_batch_end and self._flushed_step != trainer.global_step:
+            self._flushed_step = trainer.global_step
+            _log_step_rows_now(trainer)
+        super()._save_checkpoint(trainer, filepath)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -210,10 +282,61 @@ class RunCheckpoint(ModelCheckpoint):
             epoch_loop.val_loop.batch_progress.total.reset()
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        rank_zero_info(
-            f"SIGTERM: saved {self.last_model_path} at step {trainer.global_step}; "
-            "rerun the same command to continue"
+        interrupted = any(
+            isinstance(c, SaveOnInterrupt) and c.received
+            for c in trainer.callbacks  # type: ignore[attr-defined]
         )
+        rank_zero_info(
+            f"{'SIGINT' if interrupted else 'SIGTERM'}: saved {self.last_model_path} at step "
+            f"{trainer.global_step}; rerun the same command to continue"
+        )
+
+
+def _log_step_rows_now(trainer: L.Trainer) -> None:
+    """Hand this step's training metrics to the loggers now, before its checkpoint is written.
+
+    Lightning logs them just after the checkpoint callback returns; a process killed inside the
+    write would lose them for good, since the resumed run continues after this step. The call
+    Lightning then makes is skipped once, so each row is logged once.
+    """
+    connector = trainer._logger_connector
+    if "update_train_step_metrics" in vars(connector):
+        return
+    connector.update_train_step_metrics()
+
+    def already_logged() -> None:
+        del connector.update_train_step_metrics  # back to Lightning's method for the next step
+
+    connector.update_train_step_metrics = already_logged  # type: ignore[method-assign]
+
+
+class SaveOnInterrupt(Callback):
+    """The first Ctrl-C (SIGINT) stops the run as SIGTERM does: at the end of the current batch,
+    after :class:`RunCheckpoint` saved ``last``. Lightning's own Ctrl-C handling stops at once and
+    saves nothing; a second Ctrl-C still gets it (the handler is removed after the first)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers live in the main thread only
+
+        def stop_after_batch(signum: int, frame: Any) -> None:
+            self.received = True
+            signal.signal(signal.SIGINT, self._previous)
+            rank_zero_info("Ctrl-C: saving at the end of this batch (Ctrl-C again: stop at once)")
+            # The flag Lightning's SIGTERM handler sets: the loops stop at the end of the batch
+            # (all DDP ranks agree on it) and raise SIGTERMException.
+            trainer._signal_connector.received_sigterm = True
+
+        self._previous = signal.signal(signal.SIGINT, stop_after_batch)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None and not self.received:
+            signal.signal(signal.SIGINT, self._previous)
+        self._previous = None
 
 
 #: fields of the guard's device record of a non-finite step (step 0: none yet)

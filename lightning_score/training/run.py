@@ -23,19 +23,27 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.nn import Module
 
-from lightning_score.config import ConfigError, ExperimentConfig, hardware_problem, save_config
+from lightning_score.config import (
+    ConfigError,
+    ExperimentConfig,
+    hardware_problem,
+    save_config,
+    to_dict,
+)
 from lightning_score.data import build_datamodule
 from lightning_score.evaluation import ReferenceStats
-from lightning_score.experiment import grid_sampling
+from lightning_score.experiment import check_network_fits, grid_sampling
+from lightning_score.run_lock import run_lock
 from lightning_score.training.checkpoint import (
     ResumePoint,
     checkpoint_config,
@@ -45,20 +53,23 @@ from lightning_score.training.checkpoint import (
     run_checkpoints,
     verify_checkpoint,
 )
-from lightning_score.training.ema import EMA
+from lightning_score.training.ema import EMA, PowerEMA
 from lightning_score.training.loggers import build_logger
 from lightning_score.training.logging_callbacks import logging_callbacks
 from lightning_score.training.module import ScoreModule
+from lightning_score.training.posthoc_ema import SNAPSHOT_DIR
 from lightning_score.training.reliability import (
+    INTERRUPTED_EXIT_CODE,
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
     NonFiniteGuard,
     RunCheckpoint,
+    SaveOnInterrupt,
     remove_orphaned_temp_files,
 )
 from lightning_score.training.sample_grids import SampleGridCallback
 from lightning_score.training.speed import CompileTimer, apply_speed_options
-from lightning_score.training.step_progress import StepProgressBar, run_summary
+from lightning_score.training.step_progress import StepProgressBar, run_summary, start_banner
 
 
 def reference_statistics(cfg: ExperimentConfig, extractor: Module) -> str | ReferenceStats:
@@ -103,11 +114,31 @@ def evaluation_callbacks(cfg: ExperimentConfig) -> list[Callback]:
             batch_size=ev.batch_size,
             seed=cfg.seed,
             extractor=extractor,
+            reference_set=f"statistics file {ev.stats}"
+            if ev.stats
+            else f"{cfg.data.name} training split, {ev.reference_num or 'all'} images",
         )
     ]
 
 
+def method_callbacks(cfg: ExperimentConfig) -> list[Callback]:
+    """What the config's training method needs in any Trainer: the guard against non-finite
+    steps and, with ``ema.enabled``, the EMA (which swaps the average in for validation and
+    stores it in checkpoints). Callbacks that should see the EMA weights at validation go
+    before these in the Trainer's list."""
+    callbacks: list[Callback] = [NonFiniteGuard(cfg.trainer.nonfinite)]
+    if cfg.ema.enabled and cfg.ema.kind == "power":
+        every = cfg.ema.snapshot_every_n_steps or cfg.checkpoint.every_n_steps
+        snapshots = cfg.run_dir / SNAPSHOT_DIR
+        callbacks.append(PowerEMA(cfg.ema.std_rel, snapshots, every, to_dict(cfg)))
+    elif cfg.ema.enabled:
+        callbacks.append(EMA(decay=cfg.ema.decay))
+    return callbacks
+
+
 def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
+    """The run's callbacks: checkpoints, logging, progress, sample grids, evaluation and the
+    method's own (:func:`method_callbacks`)."""
     callbacks: list[Callback] = [
         RunCheckpoint(
             dirpath=str(cfg.run_dir / "checkpoints"),
@@ -118,7 +149,6 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
             save_last=True,
             enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
         ),
-        NonFiniteGuard(cfg.trainer.nonfinite),
         LearningRateMonitor(logging_interval="step"),
         *logging_callbacks(cfg),
         StepProgressBar(refresh_rate=10),
@@ -134,18 +164,14 @@ def build_callbacks(cfg: ExperimentConfig) -> list[Callback]:
     ]
     if cfg.trainer.compile != "none":
         callbacks.append(CompileTimer(cfg.trainer.compile))
-    if cfg.ema.enabled:
-        callbacks.append(EMA(decay=cfg.ema.decay))
-    return callbacks
+    return [*callbacks, *method_callbacks(cfg)]
 
 
-def build_trainer(
-    cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), resume_step: int = 0
-) -> L.Trainer:
-    """The Trainer for ``cfg``; ``callbacks`` are added to the configured ones; ``resume_step``
-    is the step a resumed run continues from (its log is continued from there)."""
+def trainer_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config's ``trainer`` section as ``L.Trainer`` keyword arguments (steps, devices,
+    precision, gradient clipping, validation schedule), for a Trainer of one's own."""
     t = cfg.trainer
-    return L.Trainer(
+    return dict(
         default_root_dir=str(cfg.run_dir),
         max_steps=t.max_steps,
         max_epochs=-1,
@@ -162,10 +188,21 @@ def build_trainer(
         limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
+        num_sanity_val_steps=0,
+    )
+
+
+def build_trainer(
+    cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), resume_step: int = 0
+) -> L.Trainer:
+    """The Trainer for ``cfg``; ``callbacks`` are added to the configured ones; ``resume_step``
+    is the step a resumed run continues from (its log is continued from there)."""
+    return L.Trainer(
+        **trainer_settings(cfg),
         logger=build_logger(cfg, resume_step),
         callbacks=[*build_callbacks(cfg), *callbacks],
         plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0,
+        enable_model_summary=False,  # the start banner gives the parameter count
     )
 
 
@@ -270,19 +307,33 @@ class ConfiguredOptimizer(Callback):
             scheduler.step()
 
 
+@rank_zero_only
+def _announce(text: str) -> None:
+    print(text, flush=True)
+
+
 def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
     """Run training for ``cfg`` (continuing as ``cfg.resume`` says) and return the run directory.
 
-    A run stopped by SIGTERM saves ``last`` and exits with status 143 (``SystemExit``).
+    The run directory is locked for the whole run (a second writer is refused, see
+    ``run_lock.py``). A run stopped by SIGTERM saves ``last`` and exits with status 143
+    (``SystemExit``); by Ctrl-C, the same with status 130.
     """
+    with run_lock(cfg.run_dir, "lscore train"):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: ExperimentConfig, callbacks: Sequence[Callback]) -> Path:
     problem = hardware_problem(cfg)
     if problem:
         raise ConfigError(problem)
+    check_network_fits(cfg)
     point = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.seed)
     module = ScoreModule.from_config(cfg)
-    own: list[Callback] = [RunDirectory(cfg)]
+    interrupt = SaveOnInterrupt()
+    own: list[Callback] = [RunDirectory(cfg), interrupt]
     if point is not None:
         check_continuable(module, point, cfg)
         changes = config_changes(point.config, cfg)  # only resume=<path> gets here with changes
@@ -293,6 +344,8 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
         if any(change.startswith("optim.") for change in changes):
             own.append(ConfiguredOptimizer())
     apply_speed_options(module.score_model, cfg.trainer)
+    parameters = sum(p.numel() for p in module.score_model.parameters())
+    _announce(start_banner(cfg, point.step if point else 0, parameters))
     trainer = build_trainer(cfg, [*own, *callbacks], resume_step=point.step if point else 0)
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -306,7 +359,8 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[Callback] = ()) -> Path:
                 weights_only=True,
             )
         except SIGTERMException:
-            raise SystemExit(PREEMPTED_EXIT_CODE) from None
+            code = INTERRUPTED_EXIT_CODE if interrupt.received else PREEMPTED_EXIT_CODE
+            raise SystemExit(code) from None
     if trainer.is_global_zero:
         bar = trainer.progress_bar_callback
         first_step = bar.first_step if isinstance(bar, StepProgressBar) else 0

@@ -96,6 +96,33 @@ class StepProgressBar(LossProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws
 
 
+def start_banner(cfg: ExperimentConfig, first_step: int, parameters: int) -> str:
+    """The lines printed before anything slow starts: where the run goes, on what, for how many
+    steps, and why reference statistics (if due) come before the first step."""
+    t = cfg.trainer
+    device = t.accelerator
+    if device == "auto":
+        import torch
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    count = "" if t.devices in ("auto", 1, "1") else f" x {t.devices}"
+    nodes = f" x {t.num_nodes} nodes" if t.num_nodes > 1 else ""
+    size = f"{parameters / 1e6:.1f} M" if parameters >= 1e6 else f"{parameters / 1e3:.1f} K"
+    start = f", continuing from step {first_step}" if first_step else ""
+    lines = [
+        f"run {cfg.name}: {t.max_steps} steps{start} on {device}{count}{nodes}, "
+        f"{cfg.model.name} with {size} parameters -> {cfg.run_dir}"
+    ]
+    ev = cfg.evaluation
+    if 0 < ev.every_n_steps <= t.max_steps and not ev.stats:
+        images = f"{ev.reference_num} training images" if ev.reference_num else "the training set"
+        lines.append(
+            f"  first: reference statistics of {images} for {', '.join(ev.metrics)} every "
+            f"{ev.every_n_steps} steps (once; cached for later runs)"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
@@ -131,6 +158,7 @@ def run_summary(
     places = {
         "checkpoint": run_dir / "checkpoints" / "last.ckpt",
         "samples": newest(run_dir / "samples", "samples_step*.png"),
+        "loss curve": run_dir / "loss.png",
         "loss per t": run_dir / "per_t_loss.png",
         "metrics": newest(run_dir / "eval", "eval_step*.json"),
         "logs": run_dir / "logs",
