@@ -72,15 +72,7 @@ def plot_per_t_loss(history: Mapping[int, Bins], path: Path, max_lines: int = 8)
         ax.set_yscale("log")
     else:  # plain numbers, not minor log ticks such as 9x10^-1 or an offset
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
-    ax.set_xlabel("t (bin centre)")
-    ax.set_ylabel("validation loss")
-    ax.set_title("validation loss per bin of t")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "t (bin centre)", "validation loss", "validation loss per bin of t")
 
 
 Curve = list[tuple[int, float]]  # (step, loss)
@@ -104,9 +96,16 @@ def plot_loss_curve(train: Curve, val: Curve, path: Path) -> Path:
         ax.set_yscale("log")
     else:  # plain numbers, not an offset such as 1e-5 + 1.0936
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("loss")
+    return _save(fig, ax, path, "step", "loss", "loss")
+
+
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, grid and legend of a loss figure, written to ``path``."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from run_training import ROOT, tiny_config
+from test_resume import wait_for
 
 from lightning_score.cli import main
 from lightning_score.config import to_dict
@@ -44,17 +45,6 @@ def start_run(out: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(proc: subprocess.Popen, marker: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("did not reach the marker")
-        time.sleep(0.1)
 
 
 def hold_lock(directory: Path, ready: Path) -> subprocess.Popen:
