@@ -60,6 +60,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--peer-lr", type=float, default=1e-4, help="the peers' documented default")
     p.add_argument("--peer-warmup", type=int, default=500, help="diffusers' example default")
     p.add_argument("--our-sampler", default="dpmpp_2m", help="this project's sampler at 20 NFE")
+    p.add_argument(
+        "--our-ema",
+        default="exponential",
+        choices=("exponential", "power"),
+        help="this project's EMA: ema.decay from step 0, or power-function EMAs (ema.std_rel)",
+    )
+    p.add_argument("--our-std-rel", type=float, default=0.10, help="with --our-ema power")
     p.add_argument("--num-fid", type=int, default=2000, help="samples per FID (>= 2000 to report)")
     p.add_argument("--reference", type=int, default=10000, help="test images in the reference")
     p.add_argument("--data-root", default="data", help="Fashion-MNIST IDX files (or Debian's)")
@@ -148,6 +155,8 @@ def ours(recipe: str, args: argparse.Namespace, seed: int, budgets: list[int]) -
         f"optim.lr={args.lr}",
         f"optim.warmup_steps={args.warmup}",
         f"ema.decay={args.ema_decay}",
+        f"ema.kind={args.our_ema}",
+        f"ema.std_rel=[{args.our_std_rel}]",
         f"trainer.max_steps={budgets[-1]}",
         f"trainer.val_check_interval={budgets[-1]}",
         f"checkpoint.every_n_steps={every}",
@@ -394,6 +403,9 @@ def main() -> None:
         }
     report = {
         "benchmark": "recipe_quality",
+        "our_ema": args.our_ema
+        if args.our_ema == "exponential"
+        else f"power, std_rel {args.our_std_rel}",
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "image_size": args.image_size,
