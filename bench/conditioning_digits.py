@@ -39,7 +39,12 @@ def methods(cfg, nfe: int) -> dict[str, tuple[dict, object]]:
             {"method": "projection"},
             dataclasses.replace(cfg, steps=steps, resample_jump=1, resample_repeats=WALKS),
         ),
-        "DPS": ({"method": "dps", "data_std": 0.5}, dataclasses.replace(cfg, steps=nfe)),
+        # the commands' defaults: the Gaussian Jacobian above 10 x the data std (the network's
+        # throughout diverges to NaN)
+        "DPS": (
+            {"method": "dps", "data_std": 0.5, "network_sigma": 5.0},
+            dataclasses.replace(cfg, steps=nfe),
+        ),
         "SMC": (
             {"method": "smc", "particles": PARTICLES},
             dataclasses.replace(cfg, steps=nfe // PARTICLES - 1),
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--figure-dir", type=Path, default=None)
+    parser.add_argument("--only", nargs="+", default=None, help="run only these methods")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, exp = load_score_model(args.checkpoint)
@@ -67,6 +73,8 @@ def main() -> None:
     for task, operator in operators.items():
         firsts = []
         for name, (kwargs, cfg) in methods(exp.sampling, args.nfe).items():
+            if args.only and name not in args.only:
+                continue
             start = time.perf_counter()
             result = restore(
                 model, model.sde, operator, truth, cfg, samples_per_input=args.samples, **kwargs
@@ -79,7 +87,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             firsts.append(result.samples01[:, 0])
             observation = result.observation01
-        if args.figure_dir:
+        if args.figure_dir and not args.only:
             grid = [[truth[i], observation[i], *(s[i] for s in firsts)] for i in range(len(truth))]
             heads = ["truth", "observation", *methods(exp.sampling, args.nfe)]
             path = args.figure_dir / f"digits_{task}_methods.png"
