@@ -81,6 +81,26 @@ def test_the_fused_power_ema_follows_the_recursion_for_every_profile() -> None:
         torch.testing.assert_close(second[name], exp, rtol=0, atol=1e-6)
 
 
+def test_a_dropped_step_still_counts_in_every_profile() -> None:
+    """A step the non-finite guard dropped left the raw weights as they were; the profiles take
+    it like any other, so they stay the power profiles over all counted steps."""
+    module = Tiny()
+    ema = PowerEMA([0.05, 0.10])
+    ema.setup(None, module, "fit")  # type: ignore[arg-type]
+    ema.on_fit_start(None, module)  # type: ignore[arg-type]
+    twin = PowerEMA([0.05, 0.10])
+    twin.setup(None, module, "fit")  # type: ignore[arg-type]
+    twin.on_fit_start(None, module)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(1)
+    for t in range(1, 7):
+        if t != 4:  # step 4 dropped: the weights do not move
+            move(module, gen)
+        ema.update(torch.tensor(1.0 if t == 4 else 0.0))
+        twin.update()
+    for a, b in zip(ema.profile_states(module), twin.profile_states(module), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_reconstructing_008_from_snapshots_of_005_and_010_matches_tracking_it() -> None:
     """A scalar trajectory theta_t, snapshots of std_rel 0.05 and 0.10 every 25 of 500 steps, and
     a directly tracked 0.08: the reconstruction's error is at most || sum x_i w^(i) - w^(r) ||_1

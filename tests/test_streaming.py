@@ -195,6 +195,7 @@ def start(out: Path, chunks: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: a kill reaches DDP's other rank too
     )
 
 
@@ -233,7 +234,7 @@ def test_sigkill_mid_epoch_then_rerun_trains_on_the_same_batches(
     # the uninterrupted run meanwhile; one process runs here (a process start less to wait for)
     record_run(tmp_path / "whole", chunks, processes, *opts)
     wait_for(killed, tmp_path / "killed" / "hanging")
-    killed.send_signal(signal.SIGKILL)
+    os.killpg(killed.pid, signal.SIGKILL)  # the whole job, as a scheduler kills it
     assert killed.wait(timeout=60) == -signal.SIGKILL
     run = tmp_path / "killed" / "quickstart"
     state = load_checkpoint(run / "checkpoints" / "last.ckpt")

@@ -163,11 +163,14 @@ class PowerEMA(EMA):
 
     @torch.no_grad()
     def update(self, skipped: Tensor | None = None) -> None:
+        """Every profile takes the step even when the guard dropped it: the raw weights then stayed
+        as they were (theta_t = theta_{t-1}), so the usual update keeps each average exactly the
+        power profile over the step count that the post-hoc solver assumes."""
         for gamma, profile in zip(self.gammas[1:], self._extra, strict=True):
             decay = power_beta(self._updates + 1, gamma)
             for tensors, (_, current) in zip(profile, self._groups, strict=True):
-                _average_step(tensors, current, self._updates, decay, skipped)
-        super().update(skipped)  # the first profile, and the update count
+                _average_step(tensors, current, self._updates, decay, None)
+        super().update(None)  # the first profile, and the update count
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
