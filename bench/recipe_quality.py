@@ -20,6 +20,10 @@ Recipes:
   (-1.2, 1.2), AdamW, ``EMAWarmup`` + ``ema_update``; ``sample_dpmpp_2m`` on Karras sigmas, 20 steps.
   Its inner network gets ln(sigma) / 4 as the UNet's timestep, as this project's EDM row does.
 
+Training time: each recipe's seconds per optimizer step once warm, timed in ``--time-rounds`` short
+windows taken round-robin before the training runs (the median), so that the load of a shared
+machine falls on every recipe alike; equal training time means budget x that figure.
+
 Peers are installed only by the ``bench`` extra (``pip install -e .[bench]``); a peer that cannot
 be imported is reported with the reason and left out. Prints one JSON document; ``--out`` also
 gets ``recipe_quality.json``, ``recipe_quality.md`` (the table) and ``recipe_quality.png`` (FID
@@ -71,6 +75,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--reference", type=int, default=10000, help="test images in the reference")
     p.add_argument("--data-root", default="data", help="Fashion-MNIST IDX files (or Debian's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--time-rounds", type=int, default=3, help="round-robin step-time windows")
+    p.add_argument("--time-steps", type=int, default=30, help="timed steps per window")
+    p.add_argument("--time-skip", type=int, default=10, help="untimed warm-up steps per window")
     p.add_argument("--out", type=Path, default=Path("runs/recipe_quality"))
     return p.parse_args()
 
@@ -104,6 +111,10 @@ class Trained:
     nfe: float = 0.0
 
 
+#: a peer's optimizer step on a batch in [-1, 1], and its sampler (count, seed) -> images in [0, 1]
+PeerParts = tuple[Callable[[Tensor], None], Callable[[int, int], Tensor]]
+
+
 def _unet(args: argparse.Namespace, row: str) -> nn.Module:
     """The one network: diffusers' UNet2DModel as this project builds it for ``row``."""
     from lightning_score.nets.unet import small_unet
@@ -131,19 +142,14 @@ class BudgetClock(L.Callback):
             self.seconds[trainer.global_step] = time.perf_counter() - self.start
 
 
-def ours(recipe: str, args: argparse.Namespace, seed: int, budgets: list[int]) -> Trained:
-    """This project's train.py path, checkpoints at every budget, then its own sampler."""
-    from lightning_score.data import data_shape
+def our_config(recipe: str, args: argparse.Namespace, seed: int, budgets: list[int], out: Path):
+    """The config of this project's ``recipe`` as train.py would run it."""
     from lightning_score.experiment import load_config
-    from lightning_score.images import to_data_space
-    from lightning_score.sampling.generate import generate
-    from lightning_score.training.checkpoint import load_score_model
-    from lightning_score.training.run import train
 
     every = math.gcd(*budgets)
     overrides = [
         f"name=recipe-{recipe}-s{seed}",
-        f"out_dir={args.out / 'runs'}",
+        f"out_dir={out}",
         f"seed={seed}",
         "sde.name=" + ("edm" if recipe == "edm" else "vpsde"),
         "model.name=unet",
@@ -167,7 +173,18 @@ def ours(recipe: str, args: argparse.Namespace, seed: int, budgets: list[int]) -
     ]
     if recipe == "vp":
         overrides.append("loss.weighting=sigma2")
-    cfg = load_config(None, overrides)
+    return load_config(None, overrides)
+
+
+def ours(recipe: str, args: argparse.Namespace, seed: int, budgets: list[int]) -> Trained:
+    """This project's train.py path, checkpoints at every budget, then its own sampler."""
+    from lightning_score.data import data_shape
+    from lightning_score.images import to_data_space
+    from lightning_score.sampling.generate import generate
+    from lightning_score.training.checkpoint import load_score_model
+    from lightning_score.training.run import train
+
+    cfg = our_config(recipe, args, seed, budgets, args.out / "runs")
     clock = BudgetClock(budgets)
     run_dir = train(cfg, callbacks=[clock])
     out = Trained()
@@ -186,9 +203,9 @@ def ours(recipe: str, args: argparse.Namespace, seed: int, budgets: list[int]) -
 
 
 def _peer_loop(
-    step: Callable[[Tensor], None], data: Tensor, args: argparse.Namespace, seed: int,
-    budgets: list[int], sample: Callable[[int, int], Tensor],
-) -> Trained:  # fmt: skip
+    parts: PeerParts, data: Tensor, args: argparse.Namespace, seed: int, budgets: list[int]
+) -> Trained:
+    step, sample = parts
     out, seconds, done = Trained(), 0.0, 0
     stream = batches(data, args.batch_size, seed)
     for budget in budgets:
@@ -205,7 +222,7 @@ def _peer_loop(
 
 def diffusers_recipe(
     args: argparse.Namespace, seed: int, budgets: list[int], data: Tensor
-) -> Trained:
+) -> PeerParts:
     """diffusers' train_unconditional example, at our batch size, steps and EMA decay."""
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
     from diffusers.optimization import get_scheduler
@@ -250,12 +267,12 @@ def diffusers_recipe(
             chunks.append(((x + 1) / 2).clamp(0, 1))
         return torch.cat(chunks)
 
-    return _peer_loop(step, data, args, seed, budgets, sample)
+    return step, sample
 
 
 def kdiffusion_recipe(
     args: argparse.Namespace, seed: int, budgets: list[int], data: Tensor
-) -> Trained:
+) -> PeerParts:
     """k-diffusion's Denoiser, loss, sigma density and EMA warmup, at our batch, steps and EMA."""
     import k_diffusion as K
 
@@ -294,7 +311,63 @@ def kdiffusion_recipe(
             chunks.append(((x + 1) / 2).clamp(0, 1))
         return torch.cat(chunks)
 
-    return _peer_loop(step, data, args, seed, budgets, sample)
+    return step, sample
+
+
+# -- step time ----------------------------------------------------------------------------------
+class StepClock(L.Callback):
+    """Seconds between the end of optimizer step ``skip`` and of step ``skip + steps``."""
+
+    def __init__(self, skip: int, steps: int) -> None:
+        self.skip, self.steps, self.marks = skip, steps, {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step in (self.skip, self.skip + self.steps):
+            self.marks[trainer.global_step] = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.marks[self.skip + self.steps] - self.marks[self.skip]
+
+
+def time_steps(recipe: str, args: argparse.Namespace, data: Tensor) -> float:
+    """Seconds per optimizer step of ``recipe`` once warm (``--time-skip`` steps untimed)."""
+    import tempfile
+
+    from lightning_score.training.run import train
+
+    skip, steps = args.time_skip, args.time_steps
+    if recipe in OURS:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = our_config(recipe, args, 0, [skip + steps], Path(tmp))
+            clock = StepClock(skip, steps)
+            train(cfg, callbacks=[clock])
+            return clock.seconds / steps
+    parts = {"diffusers": diffusers_recipe, "k-diffusion": kdiffusion_recipe}[recipe]
+    step, _ = parts(args, 0, [skip + steps], data * 1.0)
+    stream = batches(data, args.batch_size, 0)
+    for _ in range(skip):
+        step(next(stream))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(stream))
+    return (time.perf_counter() - start) / steps
+
+
+def step_seconds(recipes: list[str], args: argparse.Namespace, data: Tensor) -> dict[str, float]:
+    """Median seconds per step of every recipe, timed round-robin ``--time-rounds`` times: the
+    machine's load drifts over an hour-long run, and alternating short windows puts every
+    recipe under the same drift (peers that cannot be imported are left out)."""
+    import statistics
+
+    times: dict[str, list[float]] = {r: [] for r in recipes}
+    for _ in range(args.time_rounds):
+        for recipe in recipes:
+            try:
+                times[recipe].append(time_steps(recipe, args, data))
+            except ImportError:
+                continue
+    return {r: statistics.median(v) for r, v in times.items() if v}
 
 
 # -- scoring ------------------------------------------------------------------------------------
@@ -313,12 +386,14 @@ def frechet(f: Tensor, mu: Tensor, sigma: Tensor) -> float:
     return float(frechet_statistic([f], mu, sigma)(idx, idx[:, :1])[0, 0])
 
 
-def equal_time_ratio(ours_row: dict, peer_row: dict) -> list[dict]:
-    """Our FID over the peer's at the wall time each of our budgets took (the peer's FID
-    interpolated in log time between its budgets; None outside its measured range)."""
+def equal_time_ratio(ours_row: dict, peer_row: dict, budgets: list[int]) -> list[dict]:
+    """Our FID over the peer's at the training time each of our budgets takes (budget x the
+    round-robin seconds per step; the peer's FID interpolated in log time between its budgets,
+    None outside its measured range)."""
     out = []
-    pt = [math.log(s) for s in peer_row["seconds"]]
-    for seconds, fid in zip(ours_row["seconds"], ours_row["fid"], strict=True):
+    pt = [math.log(b * peer_row["s_per_step"]) for b in budgets]
+    for budget, fid in zip(budgets, ours_row["fid"], strict=True):
+        seconds = budget * ours_row["s_per_step"]
         lt = math.log(seconds)
         peer_fid = None
         for i in range(len(pt) - 1):
@@ -349,6 +424,7 @@ def main() -> None:
             extractor, fashion_mnist(args.data_root, False, args.image_size)[: args.reference]
         )
     mu, sigma = ref.mean(0), torch.cov(ref.T)
+    s_per_step = step_seconds(recipes, args, data)
     peers = {"diffusers": diffusers_recipe, "k-diffusion": kdiffusion_recipe}
     results: dict[str, dict] = {}
     unavailable: dict[str, str] = {}
@@ -360,7 +436,8 @@ def main() -> None:
                 if recipe in OURS:
                     trained = ours(recipe, args, seed, budgets)
                 else:
-                    trained = peers[recipe](args, seed, budgets, data * 1.0)
+                    parts = peers[recipe](args, seed, budgets, data * 1.0)
+                    trained = _peer_loop(parts, data, args, seed, budgets)
             except ImportError as err:
                 unavailable[recipe] = f"{type(err).__name__}: {err}"
                 break
@@ -384,7 +461,7 @@ def main() -> None:
             secs.append(sum(p["seconds"] for p in per) / len(per))
             errs = [stderr[(recipe, s, budget)] for s in row["per_seed"]]
             ses.append(math.sqrt(sum(e * e for e in errs)) / len(errs))
-        row.update(fid=fids, seconds=secs, fid_stderr=ses)
+        row.update(fid=fids, seconds=secs, fid_stderr=ses, s_per_step=s_per_step.get(recipe))
         table.append(recipe)
     ratios = {}
     ours_in = [r for r in OURS if r in results]
@@ -399,7 +476,7 @@ def main() -> None:
                 a / b
                 for a, b in zip(results[best_ours]["fid"], results[best_peer]["fid"], strict=True)
             ],
-            "equal_time": equal_time_ratio(results[best_ours], results[best_peer]),
+            "equal_time": equal_time_ratio(results[best_ours], results[best_peer], budgets),
         }
     report = {
         "benchmark": "recipe_quality",
@@ -428,15 +505,34 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     budgets = report["budgets"]
-    head = "| recipe | " + " | ".join(f"FID at {b} steps" for b in budgets) + " | s/step |"
-    lines = [head, "|" + " --- |" * (len(budgets) + 2)]
+    head = (
+        "| recipe | "
+        + " | ".join(f"FID at {b} steps" for b in budgets)
+        + " | s/step (round-robin) |"
+    )
+    head += " s/step (whole run) |"
+    lines = [head, "|" + " --- |" * (len(budgets) + 3)]
     for recipe, row in report["recipes"].items():
         cells = [f"{f:.1f} ± {s:.1f}" for f, s in zip(row["fid"], row["fid_stderr"], strict=True)]
+        whole = row["seconds"][-1] / budgets[-1]
         lines.append(
-            f"| {recipe} | " + " | ".join(cells) + f" | {row['seconds'][-1] / budgets[-1]:.3f} |"
+            f"| {recipe} | " + " | ".join(cells) + f" | {row['s_per_step']:.3f} | {whole:.3f} |"
         )
     for recipe, why in report["unavailable"].items():
         lines.append(f"| {recipe} | not run: {why} |")
+    ratios = report["ratio_best_ours_to_best_peer"]
+    if ratios:
+        steps = ", ".join(f"{r:.2f}" for r in ratios["equal_steps"])
+        times = ", ".join(
+            f"{r['ratio']:.2f} at {r['seconds']:.0f} s" if r["ratio"] is not None
+            else f"outside the peer's range at {r['seconds']:.0f} s"
+            for r in ratios["equal_time"]
+        )  # fmt: skip
+        lines += [
+            "",
+            f"FID of {ratios['ours']} over {ratios['peer']}: at equal steps {steps}; "
+            f"at equal training time {times}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -446,15 +542,26 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for recipe, row in report["recipes"].items():
-        ax.errorbar(report["budgets"], row["fid"], yerr=row["fid_stderr"], marker="o", capsize=3,
-                    label=recipe)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("optimizer steps")
-    ax.set_ylabel(f"FID ({report['num_fid']} samples, {report['nfe']} NFE)")
-    ax.set_title(f"Fashion-MNIST {report['image_size']}px, batch {report['batch_size']}")
-    ax.legend()
+        seconds = [b * row["s_per_step"] for b in report["budgets"]]
+        for ax, x in zip(axes, (report["budgets"], seconds), strict=True):
+            ax.errorbar(x, row["fid"], yerr=row["fid_stderr"], marker="o", capsize=3,
+                        label=recipe)  # fmt: skip
+    for ax, label in zip(
+        axes, ("optimizer steps", "training seconds (steps x s/step)"), strict=True
+    ):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"FID ({report['num_fid']} samples, {report['nfe']} NFE, ± 1 se)")
+    seeds = len(report["seeds"])
+    fig.suptitle(
+        f"Fashion-MNIST {report['image_size']}px, batch {report['batch_size']}, {seeds} seeds, "
+        f"{report['threads']} CPU threads",
+        fontsize=10,
+    )
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
