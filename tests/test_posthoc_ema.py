@@ -3,6 +3,7 @@ update, reconstruction against a directly tracked width, resume, and the command
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from run_training import tiny_config
+from test_evaluate_cli import TinyExtractor
 from test_resume import start_run, wait_for
 from test_sync_free_step import Tiny, averaged, move
+from tiny_checkpoint import tiny_quickstart_checkpoint
 
 from lightning_score.cli import main
 from lightning_score.config import ConfigError
@@ -235,3 +238,75 @@ def test_refusals_name_the_cause(tmp_path, capsys) -> None:
         main(["posthoc-ema", str(one), "--std-rel", "0.08", "--out", str(tmp_path / "c.ckpt")]) == 2
     )
     assert "needs at least two" in capsys.readouterr().err
+
+
+def test_evaluate_reconstructs_a_width_in_memory_as_the_command_writes_it(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """``lscore evaluate last.ckpt ema.std_rel=W`` (what the sweep file runs) scores the same
+    weights as evaluating the checkpoint ``lscore posthoc-ema --std-rel W`` writes, records the
+    width, and two widths write two results."""
+    from lightning_score import evaluation
+
+    monkeypatch.setattr(evaluation, "load_inception", lambda *a, **k: TinyExtractor())
+    monkeypatch.setenv("LSCORE_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = tiny_quickstart_checkpoint(tmp_path, *POWER, "trainer.max_steps=4")
+    written = tmp_path / "ema08.ckpt"
+    assert (
+        main(["posthoc-ema", str(ckpt.parents[1]), "--std-rel", "0.08", "--out", str(written)]) == 0
+    )
+    common = ["--num", "8", "--sample-batch-size", "8", "--no-progress", "--out"]
+    records = []
+    for source, extra in [
+        (written, []),
+        (ckpt, ["ema.std_rel=0.08"]),
+        (ckpt, ["ema.std_rel=0.06"]),
+    ]:
+        out = tmp_path / f"eval{len(records)}"
+        assert main(["evaluate", str(source), *common, str(out), *extra]) == 0
+        (path,) = out.glob("*.json")
+        records.append(json.loads(path.read_text()))
+    from_file, in_memory, other = records
+    assert in_memory["posthoc_ema"]["std_rel"] == 0.08 and in_memory["step"] == 4
+    assert in_memory["weights_sha256"] == from_file["weights_sha256"]
+    assert in_memory["metrics"] == from_file["metrics"]
+    assert other["weights_sha256"] != in_memory["weights_sha256"]
+    assert main(["evaluate", str(ckpt), *common, str(tmp_path / "eval2"), "ema.std_rel=0.06"]) == 2
+    assert "exists" in capsys.readouterr().err  # the 0.06 result above is kept
+    for bad, why in [
+        (["--no-ema", "ema.std_rel=0.08"], "drop --no-ema"),
+        (["ema.std_rel=0.08", "ema.std_rel=0.09"], "one width"),
+        (["ema.decay=0.9"], "only sampling.* overrides"),
+    ]:
+        assert main(["evaluate", str(ckpt), *common, str(tmp_path / "bad"), *bad]) == 2
+        assert why in capsys.readouterr().err
+    plain = tiny_quickstart_checkpoint(tmp_path / "plain")
+    assert main(["evaluate", str(plain), *common, str(tmp_path / "p"), "ema.std_rel=0.08"]) == 2
+    assert "ema.kind=power" in capsys.readouterr().err
+
+
+def test_a_family_is_scored_beside_the_training_ema_and_a_baseline(tmp_path) -> None:
+    """``--metric`` scores every width on the same seeds; the width the run tracked as its
+    checkpoint EMA (0.05) reconstructs that EMA, so the two score alike."""
+    import csv
+
+    run = train(tiny_config(tmp_path / "power", *POWER))
+    plain = train(tiny_config(tmp_path / "plain")) / "checkpoints" / "last.ckpt"
+    out = tmp_path / "family"
+    argv = ["posthoc-ema", str(run), "--std-rel", "0.05:0.09:3", "--out", str(out),
+            "--metric", "swd", "--num", "64", "--bootstrap", "20", "--baseline", str(plain),
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    with open(out / "posthoc_ema.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    arms = [r["arm"] for r in rows]
+    assert arms[:3] == ["std_rel 0.050", "std_rel 0.070", "std_rel 0.090"]
+    assert arms[3] == "training EMA (std_rel 0.05)" and arms[4].startswith("baseline ")
+    swd = [float(r["sliced_wasserstein_to_data"]) for r in rows]
+    se = [float(r["sliced_wasserstein_to_data_stderr"]) for r in rows]
+    assert all(v > 0 for v in swd) and all(e > 0 for e in se)
+    assert swd[0] == pytest.approx(swd[3], rel=1e-3)  # the same average, up to the lstsq
+    assert sum(r["within_noise_of_best"] == "True" for r in rows) >= 1
+    assert "Best width" in (out / "posthoc_ema.md").read_text()
+    assert (out / "posthoc_ema.png").stat().st_size > 0
+    assert main(argv) == 2  # everything it wrote is kept

@@ -44,6 +44,8 @@ def schema_keys(node: DictConfig, prefix: str = "") -> set[str]:
 
 CONFIG_KEYS = schema_keys(OmegaConf.structured(ExperimentConfig))
 SAMPLING_KEYS = {f"sampling.{f.name}" for f in dataclasses.fields(SamplingConfig)}
+#: what `lscore evaluate` takes: sampler settings, and a post-hoc EMA width
+EVALUATE_KEYS = SAMPLING_KEYS | {"ema.std_rel"}
 
 
 def leaf_keys(name: str, values: list[Any]) -> list[str]:
@@ -115,11 +117,13 @@ def train_point_problem(argv: list[str]) -> str | None:
 
 def evaluate_point_problem(command: list[str], args: list[str]) -> str | None:
     """The agent's argument list parses with `lscore evaluate`'s own parser, its sampler
-    overrides load over the config that trained the checkpoint, and they suit its SDE."""
+    overrides load over the config that trained the checkpoint, and they suit its SDE; a post-hoc
+    EMA width needs a config that stores power-EMA snapshots and a width in range."""
     import argparse
 
     from lightning_score.commands import evaluate
     from lightning_score.sampling import check_sampling
+    from lightning_score.training.posthoc_ema import gamma_from_std_rel
     from lightning_score.sde import build_sde
 
     ckpt = Path(next(c for c in command if c.endswith(".ckpt")))
@@ -131,8 +135,13 @@ def evaluate_point_problem(command: list[str], args: list[str]) -> str | None:
     evaluate.add_arguments(parser)
     try:
         parsed = parser.parse_args(argv[argv.index("evaluate") + 1 :])
-        cfg = evaluate.sampling_overrides(load_config(config), parsed.overrides)
+        width, overrides = evaluate.posthoc_width(parsed.overrides)
+        cfg = evaluate.sampling_overrides(load_config(config), overrides)
         check_sampling(build_sde(cfg.sde), cfg.sampling)
+        if width is not None and cfg.ema.kind != "power":
+            return f"ema.std_rel={width} needs a run trained with ema.kind=power ({config.name})"
+        if width is not None:
+            gamma_from_std_rel(width)
     except (ValueError, argparse.ArgumentError) as err:
         return f"cannot sample from {ckpt}: {err}"
     return None
@@ -158,7 +167,7 @@ def sweep_problems(path: Path) -> list[str]:
         return [
             f"{where}: command must run train.py or `lscore evaluate` with ${{args_no_hyphens}}"
         ]
-    valid = CONFIG_KEYS if is_train else SAMPLING_KEYS
+    valid = CONFIG_KEYS if is_train else EVALUATE_KEYS
     for name, spec in sweep["parameters"].items():
         values = spec.get("values", [spec.get("value")])
         for key in leaf_keys(name, values):
@@ -240,3 +249,15 @@ def test_bad_grid_points_and_schema_violations_are_reported(tmp_path: Path):
 
     path = _broken_copy(tmp_path, "vp_noise_schedule.yaml", ("method: grid", "method: gird"))
     assert sweep_problems(path)[0].startswith("sweeps/vp_noise_schedule.yaml: W&B schema: 'gird'")
+
+
+def test_a_posthoc_width_sweep_needs_a_power_ema_run_and_widths_in_range(tmp_path: Path):
+    exponential = ("runs/quickstart_power/", "runs/quickstart/")
+    problems = sweep_problems(_broken_copy(tmp_path, "posthoc_ema_width.yaml", exponential))
+    assert len(problems) == 10, problems  # every width
+    assert all("needs a run trained with ema.kind=power (quickstart.yaml)" in p for p in problems)
+
+    too_wide = ("0.17, 0.20]", "0.17, 0.30]")
+    problems = sweep_problems(_broken_copy(tmp_path, "posthoc_ema_width.yaml", too_wide))
+    assert len(problems) == 1, problems
+    assert "std_rel must lie in (0, 0.2887), got 0.3" in problems[0]

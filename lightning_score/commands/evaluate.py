@@ -7,7 +7,9 @@ unless flags override it; batch b uses the seed ``batch_seed(seed, 0, b)``, exac
 
 Reference statistics: ``--stats FILE.npz`` (from ``lscore stats``), or computed from the training
 split of the checkpoint's data config (``--data-config`` for an ``.npz``), cached by content.
-Metric names carry the sample count (``fid_50k``): the paper's numbers use 50,000 samples against
+``ema.std_rel=W`` among the overrides evaluates the EMA of width W, reconstructed in memory from the
+power-EMA snapshots of the checkpoint's run (``lscore posthoc-ema``): an EMA sweep is then a sweep of
+evaluations. Metric names carry the sample count (``fid_50k``): the paper's numbers use 50,000 samples against
 the training set, and fewer samples bias FID upwards. Results are printed and written as JSON;
 an existing result is kept unless ``--overwrite`` is given, and ``--out`` is checked before the
 sampling starts.
@@ -93,8 +95,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         help="sampling overrides as OmegaConf dotlists (what W&B sweep agents pass), "
-        "e.g. sampling.steps=100 'sampling={corrector: langevin, snr: 0.16}'",
+        "e.g. sampling.steps=100 'sampling={corrector: langevin, snr: 0.16}'; ema.std_rel=0.08 "
+        "evaluates the EMA of that width, reconstructed from the run's power-EMA snapshots",
     )
+
+
+#: the one non-sampling override: a post-hoc EMA width (``lscore posthoc-ema`` in memory)
+POSTHOC_KEY = "ema.std_rel="
+
+
+def posthoc_width(overrides: list[str]) -> tuple[float | None, list[str]]:
+    """``ema.std_rel=W`` taken out of ``overrides``: the width to reconstruct, and the rest."""
+    widths = [o[len(POSTHOC_KEY) :] for o in overrides if o.startswith(POSTHOC_KEY)]
+    rest = [o for o in overrides if not o.startswith(POSTHOC_KEY)]
+    if not widths:
+        return None, rest
+    try:
+        if len(widths) > 1:
+            raise ValueError
+        width = float(widths[0])
+    except ValueError:
+        raise ConfigError(
+            f"ema.std_rel takes one width to reconstruct after training (e.g. ema.std_rel=0.08), "
+            f"got {widths}"
+        ) from None
+    return width, rest
 
 
 def sampling_overrides(exp: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -254,7 +279,15 @@ def run(args: argparse.Namespace) -> int:
         count = images.shape[0]
         chunks: Iterator[Tensor] = _counted_images(images, args.batch_size, args.progress)
     else:
-        loaded = load_model(args.source, ema=args.ema, map_location=device)
+        width, overrides = posthoc_width(args.overrides)
+        if width is None:
+            loaded = load_model(args.source, ema=args.ema, map_location=device)
+        elif not args.ema:
+            raise ValueError("ema.std_rel=W asks for a reconstructed EMA: drop --no-ema")
+        else:
+            from lightning_score.training.posthoc_ema import load_posthoc_model
+
+            loaded = load_posthoc_model(args.source, width, map_location=device)
         model, exp = loaded.model, loaded.config
         shape = data_shape(exp.data)
         if len(shape) != 3:
@@ -262,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
                 f"FID / IS / KID need images; '{exp.data.name}' holds points "
                 "(use `lscore likelihood` or `lscore ablate --metric swd` for 2-D data)"
             )
-        cfg = sampling_from_args(sampling_overrides(exp, args.overrides).sampling, args)
+        cfg = sampling_from_args(sampling_overrides(exp, overrides).sampling, args)
         check_sampling(model.sde, cfg)
         info.update(loaded.record(), seed=args.seed, sampling=dataclasses.asdict(cfg))
         chunks = _generated_batches(model, cfg, shape, args, device, nfes)
@@ -271,8 +304,11 @@ def run(args: argparse.Namespace) -> int:
     # before the sampling and Inception work.
     first_metric = next(m for m in METRIC_NAMES if m in names)
     stem = f"{args.source.stem}_{first_metric}_{count_suffix(count)}"
-    if "sampling" in info:  # one file per sampler setting: sweep agents share the directory
-        digest = hashlib.sha1(json.dumps(info["sampling"], sort_keys=True).encode()).hexdigest()
+    if "sampling" in info:  # one file per sampler and EMA setting: sweep agents share the folder
+        setting: dict[str, Any] = info["sampling"]
+        if "posthoc_ema" in info:
+            setting = {**setting, "posthoc_std_rel": info["posthoc_ema"]["std_rel"]}
+        digest = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()
         stem = f"{stem}_{digest[:8]}"
     out = args.out or (args.source.parent / "eval")
     json_path, grid_path = out / f"{stem}.json", out / f"{stem}.png"
@@ -334,5 +370,8 @@ def run(args: argparse.Namespace) -> int:
 
         summary = {**values, "nfe": info["nfe"]}
         images = {"samples": grid_path} if grid_path.is_file() else None
-        report_to_wandb(exp, out, "evaluate", {"sampling": info["sampling"]}, summary, images)
+        settings = {"sampling": info["sampling"]}
+        if "posthoc_ema" in info:
+            settings["posthoc_ema"] = {"std_rel": info["posthoc_ema"]["std_rel"]}
+        report_to_wandb(exp, out, "evaluate", settings, summary, images)
     return 0

@@ -265,15 +265,19 @@ class LoadedModel:
     step: int | None
     ema: bool
     sha256: str
+    posthoc_ema: dict[str, Any] | None = None  # the reconstruction's record, if the EMA is one
 
     def record(self) -> dict[str, Any]:
         """What an output JSON records of the weights that made it."""
-        return {
+        out = {
             "checkpoint": self.source,
             "step": self.step,
             "ema": self.ema,
             "weights_sha256": self.sha256,
         }
+        if self.posthoc_ema is not None:
+            out["posthoc_ema"] = self.posthoc_ema
+        return out
 
 
 def load_model(
@@ -286,13 +290,25 @@ def load_model(
         cfg = stored_config(json.loads(meta["config"]), exported)
         step = int(meta["step"]) if meta.get("step", "").isdigit() else None
     else:
-        ckpt = load_checkpoint(path)  # to the CPU: a device problem is not a checkpoint problem
-        cfg = checkpoint_config(ckpt)
-        state = model_state(ckpt, ema)
-        step = int(ckpt["global_step"]) if "global_step" in ckpt else None
+        # to the CPU: a device problem is not a checkpoint problem
+        return model_of_checkpoint(load_checkpoint(path), path, ema, map_location)
     model = score_model_with(cfg, state, path)
     digest = weights_digest(model.state_dict())
     return LoadedModel(model.to(map_location).eval(), cfg, str(path), step, ema, digest)
+
+
+def model_of_checkpoint(
+    ckpt: dict[str, Any], path: str | Path, ema: bool, map_location: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The score model of a loaded training checkpoint dict (read from ``path``)."""
+    cfg = checkpoint_config(ckpt)
+    state = model_state(ckpt, ema)
+    step = int(ckpt["global_step"]) if "global_step" in ckpt else None
+    model = score_model_with(cfg, state, path)
+    digest = weights_digest(model.state_dict())
+    loaded = LoadedModel(model.to(map_location).eval(), cfg, str(path), step, ema, digest)
+    loaded.posthoc_ema = ckpt.get("posthoc_ema")
+    return loaded
 
 
 def load_score_model(

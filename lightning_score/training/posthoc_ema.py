@@ -18,10 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_score.training.checkpoint import LoadedModel
 
 #: where a run keeps its power-EMA snapshots, under its run directory
 SNAPSHOT_DIR = "ema_snapshots"
@@ -194,3 +198,51 @@ def reconstruct(
                     total[name] = total.get(name, 0) + x * value.double()
     state = {n: (total[n].to(v.dtype) if n in total else v.clone()) for n, v in last.items()}
     return state, found
+
+
+def with_posthoc_ema(ckpt: dict[str, Any], snapshots: list[Snapshot], std_rel: float) -> dict:
+    """A copy of the training checkpoint ``ckpt`` whose EMA weights are the reconstruction of
+    width ``std_rel`` (raw weights and config stay the run's), recording how it was made."""
+    state, found = reconstruct(snapshots, std_rel)
+    out = {k: v for k, v in ckpt.items() if k != "power_ema"}  # the run's own profiles: not ours
+    out["state_dict"] = {**ckpt["state_dict"], **state}
+    out["posthoc_ema"] = {
+        "std_rel": std_rel,
+        "step": snapshots[-1].step,
+        "snapshots": [s.path.name for s in snapshots],
+        "coefficients": found.coefficients.tolist(),
+        "residual": found.residual,
+    }
+    return out
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory of a checkpoint that ``lscore train`` wrote (RUN/checkpoints/x.ckpt)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name != "checkpoints":
+        raise PosthocEMAError(
+            f"{checkpoint} is not in a run's checkpoints/ folder: a post-hoc EMA needs the run "
+            f"directory beside it, which holds {SNAPSHOT_DIR}/"
+        )
+    return checkpoint.parent.parent
+
+
+def load_posthoc_model(
+    checkpoint: Path, std_rel: float, map_location: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The model of ``checkpoint`` with the EMA of width ``std_rel`` reconstructed from its run's
+    snapshots up to the checkpoint's step (what ``lscore posthoc-ema`` would write for it)."""
+    from lightning_score.training.checkpoint import load_checkpoint, model_of_checkpoint
+
+    snapshots = load_snapshots(run_dir_of(checkpoint))
+    ckpt = load_checkpoint(checkpoint)
+    step = int(ckpt.get("global_step", -1))
+    usable = [s for s in snapshots if s.step <= step]
+    if not usable:
+        raise PosthocEMAError(
+            f"{checkpoint} is at step {step}, before the run's first snapshot "
+            f"(step {snapshots[0].step}): pass a later checkpoint"
+        )
+    return model_of_checkpoint(
+        with_posthoc_ema(ckpt, usable, std_rel), checkpoint, True, map_location
+    )
