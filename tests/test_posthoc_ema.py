@@ -216,6 +216,11 @@ def test_posthoc_ema_command_writes_a_checkpoint_every_command_takes(tmp_path, c
     )
     err = capsys.readouterr().err.strip()
     assert "cannot be represented" in err and "they represent std_rel" in err and "\n" not in err
+    family = tmp_path / "refused"
+    argv = ["posthoc-ema", str(run), "--std-rel", "0.06:0.28:3", "--out", str(family)]
+    assert main(argv) == 2
+    assert "cannot be represented" in capsys.readouterr().err
+    assert not list(family.glob("*.ckpt"))  # refused whole: no part of the family written
 
 
 def test_refusals_name_the_cause(tmp_path, capsys) -> None:

@@ -88,9 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     from lightning_score.outputs import atomic_path
     from lightning_score.training.checkpoint import find_resume_checkpoint, load_checkpoint
-    from lightning_score.training.posthoc_ema import load_snapshots, with_posthoc_ema
+    from lightning_score.training.posthoc_ema import check_width, load_snapshots, with_posthoc_ema
 
     snapshots = load_snapshots(args.run_dir)
+    for width in widths:  # a family is refused whole, before anything is written
+        check_width(snapshots, width)
     base = find_resume_checkpoint(args.run_dir)
     if base is None:
         raise ValueError(f"{args.run_dir} has no checkpoint that verifies to take the config from")

@@ -173,10 +173,9 @@ def load_snapshots(run_dir: Path) -> list[Snapshot]:
     return out
 
 
-def reconstruct(
-    snapshots: list[Snapshot], std_rel: float
-) -> tuple[dict[str, Tensor], Reconstruction]:
-    """The weights of the power EMA of width ``std_rel`` at the last snapshot's step."""
+def check_width(snapshots: list[Snapshot], std_rel: float) -> Reconstruction:
+    """The least-squares fit of width ``std_rel`` at the last snapshot's step, refused in one line
+    (naming the widths that can be) when its residual exceeds MAX_RESIDUAL."""
     basis = [(g, s.step) for s in snapshots for g in s.gammas]
     step = snapshots[-1].step
     found = solve(basis, (gamma_from_std_rel(std_rel), step))
@@ -187,6 +186,14 @@ def reconstruct(
             f"std_rel {std_rel} cannot be represented by these snapshots (relative residual "
             f"{found.residual:.2e} > {MAX_RESIDUAL}); they represent std_rel {can}"
         )
+    return found
+
+
+def reconstruct(
+    snapshots: list[Snapshot], std_rel: float
+) -> tuple[dict[str, Tensor], Reconstruction]:
+    """The weights of the power EMA of width ``std_rel`` at the last snapshot's step."""
+    found = check_width(snapshots, std_rel)
     coefficients = iter(found.coefficients.tolist())
     total: dict[str, Tensor] = {}
     last = snapshots[-1].profiles[0]
