@@ -11,9 +11,10 @@ Jacobian), RePaint nfe / 8 steps x 8 walks, SMC 8 particles x nfe / 8 steps. Eve
 from the checkpoint's own sampling config; RePaint alternates stochastic reverse steps with
 forward diffusion, so where that config is an ODE solver (EDM's dpmpp_2m) it runs on the pc
 sampler (Euler-Maruyama) and a "replacement (pc)" row separates the sampler from the walks.
-Prints one JSON object (time per sample on this machine's CPU, one thread); ``--figure-dir``
-writes one figure per task, ``{tag}_{task}_methods.png`` (tag: the data set's name unless
-given): truth | observation | the first sample of each method.
+Prints one JSON object (time per sample on this machine's CPU, one thread; each input's PSNR,
+for paired comparisons); ``--figure-dir`` writes one figure per task,
+``{tag}_{task}_methods.png`` (tag: the data set's name unless given): truth | observation | the
+first sample of each method.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def methods(cfg: SamplingConfig, nfe: int, data_std: float) -> dict[str, tuple[d
     return out
 
 
+def psnr_per_image(samples01: torch.Tensor, truth01: torch.Tensor) -> list[float]:
+    """Each input's PSNR averaged over its samples: the spread over inputs (and the paired
+    differences between methods on the same inputs) say how much of a table's gap is noise."""
+    mse = (samples01.double() - truth01.double()[:, None]).pow(2).flatten(2).mean(2)
+    return (-10 * mse.log10()).mean(1).tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", type=Path)
@@ -99,7 +107,7 @@ def main() -> None:
                 {"task": task, "method": name, "steps": cfg.steps,
                  "sampler": "smc chain" if kwargs["method"] == "smc" else cfg.sampler,
                  "nfe": result.nfe, "s_per_sample": seconds / (args.images * args.samples),
-                 **result.metrics}
+                 **result.metrics, "psnr_per_image": psnr_per_image(result.samples01, truth)}
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
             firsts.append(result.samples01[:, 0])
