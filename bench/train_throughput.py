@@ -7,7 +7,8 @@ The framework path is what ``train.py`` builds: ``ScoreModule``, ``build_trainer
 clipping, the non-finite guard, logging, checkpoint and progress-bar callbacks), the speed options
 and the resumable train loader, fed synthetic images of the config's shape from memory (no data
 set needed). The plain loop does the same arithmetic without any framework: the loss, backward,
-gradient clipping, Adam and the EMA update, on one batch that stays on the device.
+gradient clipping, Adam and the EMA update of the config's kind (``ema.kind=power``: one update per
+``ema.std_rel`` profile, as the framework makes), on one batch that stays on the device.
 ``framework_over_plain`` is the ratio of their images/s: the framework's own cost as a number.
 Host-device syncs per step are counted (on any device, with HostSyncWatch) over the warmup steps
 of the framework path unless the model is compiled. Prints one JSON object.
@@ -47,6 +48,7 @@ from lightning_score.data.tensor_sets import ImageTensorDataset
 from lightning_score.experiment import build_score_model, load_config
 from lightning_score.losses import TIME_SAMPLERS, dsm_loss
 from lightning_score.training.module import ScoreModule
+from lightning_score.training.posthoc_ema import gamma_from_std_rel, power_beta
 from lightning_score.training.run import build_trainer
 from lightning_score.training.speed import apply_speed_options
 from lightning_score.training.syncwatch import HostSyncWatch
@@ -213,7 +215,7 @@ def plain_step(cfg: ExperimentConfig, device: torch.device) -> Callable[[], None
         weight_decay=o.weight_decay,
         fused=o.fused or None,
     )
-    ema = [p.detach().clone() for p in params] if cfg.ema.enabled else None
+    ema = plain_ema(cfg, params)
     gen = torch.Generator().manual_seed(0)
     x = sde.scale_data(torch.rand(cfg.data.batch_size, *data_shape(cfg.data), generator=gen))
     x = x.to(device)
@@ -229,9 +231,29 @@ def plain_step(cfg: ExperimentConfig, device: torch.device) -> Callable[[], None
         adam.step()
         adam.zero_grad(set_to_none=True)
         if ema is not None:
-            torch._foreach_lerp_(ema, params, 1.0 - cfg.ema.decay)
+            ema()
 
     return step
+
+
+def plain_ema(cfg: ExperimentConfig, params: list[torch.Tensor]) -> Callable[[], None] | None:
+    """The EMA update of the config's kind with nothing around it: one ``foreach`` lerp per
+    profile (one for ``exponential``, one per ``ema.std_rel`` width for ``power``, with the step's
+    decay computed on the host), so the ratio compares like with like whichever kind is set."""
+    if not cfg.ema.enabled:
+        return None
+    power = cfg.ema.kind == "power"
+    gammas = [gamma_from_std_rel(s) for s in cfg.ema.std_rel] if power else [0.0]
+    averages = [[p.detach().clone() for p in params] for _ in gammas]
+    updates = [0]
+
+    def update() -> None:
+        updates[0] += 1
+        for gamma, average in zip(gammas, averages, strict=True):
+            decay = power_beta(updates[0], gamma) if power else cfg.ema.decay
+            torch._foreach_lerp_(average, params, 1.0 - decay)
+
+    return update
 
 
 def plain_run(cfg: ExperimentConfig, device: torch.device, warmup: int, steps: int) -> dict:
@@ -314,6 +336,8 @@ def main(argv: list[str]) -> None:
             "channels_last": cfg.trainer.channels_last,
             "fused_adam": cfg.optim.fused,
             "ema": cfg.ema.enabled,
+            "ema_kind": cfg.ema.kind,
+            "ema_profiles": len(cfg.ema.std_rel) if cfg.ema.kind == "power" else 1,
             "gradient_clip_val": cfg.trainer.gradient_clip_val,
             "nonfinite": cfg.trainer.nonfinite,
             "log_every_n_steps": cfg.trainer.log_every_n_steps,

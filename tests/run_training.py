@@ -7,6 +7,8 @@ and wait, until SIGTERM (Lightning's handler then ends the run after that batch)
 with ``--in-validation``, wait in the first validation batch after update N instead.
 ``--record-batches``: save the batches and times each rank trained on, and the checkpoint files
 it wrote, to ``OUT_DIR/record_rank{R}.pt``.
+``--record-ema``: save, per rank, the raw weights after every step, the power-EMA profiles at the
+end, and the steps of the snapshots this rank wrote, to ``OUT_DIR/ema_rank{R}.pt``.
 ``--kill-in-write N``: SIGKILL the process in the middle of writing ``last.ckpt`` at step N
 (half of it written to the temporary file), after the step-numbered checkpoint of step N.
 """
@@ -27,6 +29,7 @@ import torch
 
 from lightning_score.config import ExperimentConfig
 from lightning_score.experiment import load_config
+from lightning_score.training.ema import PowerEMA
 from lightning_score.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +108,43 @@ class RecordBatches(L.Callback):
         torch.save(record, self.out_dir / f"record_rank{trainer.global_rank}.pt")
 
 
+class RecordEMA(L.Callback):
+    """Per rank: the trajectory the power EMAs average (the raw weights after each step), the
+    profiles they end with, and which snapshots this rank wrote (to tell one writer from two)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.written: list[int] = []
+
+    def _ema(self, trainer: L.Trainer) -> PowerEMA:
+        return next(c for c in trainer.callbacks if isinstance(c, PowerEMA))  # type: ignore[union-attr]
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        ema = self._ema(trainer)
+        write = ema.write_snapshot
+
+        def counted(step: int, module: Any) -> Any:
+            self.written.append(step)
+            return write(step, module)
+
+        ema.write_snapshot = counted  # type: ignore[method-assign]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, out: Any, batch: Any, *args):
+        # after the optimizer step and outside validation: the raw weights, not the average
+        self.weights.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        ema = self._ema(trainer)
+        record = {
+            "weights": self.weights,
+            "profiles": ema.profile_states(pl_module),
+            "std_rel": ema.std_rel,
+            "written": self.written,
+        }
+        torch.save(record, self.out_dir / f"ema_rank{trainer.global_rank}.pt")
+
+
 class KillInWrite(L.Callback):
     """SIGKILLs the process half-way through writing ``last.ckpt`` at step ``step``, after the
     step-numbered checkpoint of that step was written (``checkpoint.keep_periodic=true``)."""
@@ -136,6 +176,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--hang-at", type=int)
     parser.add_argument("--in-validation", action="store_true")
     parser.add_argument("--record-batches", action="store_true")
+    parser.add_argument("--record-ema", action="store_true")
     parser.add_argument("--kill-in-write", type=int)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
@@ -144,6 +185,8 @@ def main(argv: list[str]) -> None:
         callbacks.append(HangAt(args.hang_at, args.out_dir / "hanging", args.in_validation))
     if args.record_batches:
         callbacks.append(RecordBatches(args.out_dir))
+    if args.record_ema:
+        callbacks.append(RecordEMA(args.out_dir))
     if args.kill_in_write is not None:
         callbacks.append(KillInWrite(args.kill_in_write))
     train(tiny_config(args.out_dir, *args.overrides), callbacks)
