@@ -123,8 +123,8 @@ def evaluate_point_problem(command: list[str], args: list[str]) -> str | None:
 
     from lightning_score.commands import evaluate
     from lightning_score.sampling import check_sampling
-    from lightning_score.training.posthoc_ema import gamma_from_std_rel
     from lightning_score.sde import build_sde
+    from lightning_score.training.posthoc_ema import gamma_from_std_rel
 
     ckpt = Path(next(c for c in command if c.endswith(".ckpt")))
     config = ROOT / "configs" / f"{ckpt.parts[1]}.yaml" if ckpt.parts[0] == "runs" else None
