@@ -53,6 +53,23 @@ TINY = [
 ]
 
 
+def run_two_process_ddp(out_dir: Path, *args: str) -> None:
+    """This script in a subprocess as a 2-process DDP run on the CPU (gloo), one thread each."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    ddp = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
+    proc = subprocess.run(
+        [sys.executable, __file__, str(out_dir), *args, *ddp],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 def tiny_config(out_dir: Path, *overrides: str) -> ExperimentConfig:
     return load_config(ROOT / "configs" / "toy2d.yaml", [f"out_dir={out_dir}", *TINY, *overrides])
 

@@ -4,33 +4,19 @@ launcher starts a second time for rank 1."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from run_training import run_two_process_ddp
 
 from lightning_score.training.checkpoint import load_checkpoint
-
-SCRIPT = Path(__file__).with_name("run_training.py")
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    ddp = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--record-batches", *ddp],
-        cwd=SCRIPT.parents[1],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_two_process_ddp(out, "--record-batches")
     return out
 
 

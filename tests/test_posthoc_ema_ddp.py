@@ -16,18 +16,15 @@ What must hold instead, and is asserted here: the averages are of the replicated
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from run_training import run_two_process_ddp
 
 from lightning_score.training.checkpoint import load_checkpoint
 from lightning_score.training.posthoc_ema import gamma_from_std_rel, load_snapshots, power_beta
 
-SCRIPT = Path(__file__).with_name("run_training.py")
 POWER = ["ema.kind=power", "ema.std_rel=[0.05,0.10]", "ema.snapshot_every_n_steps=2"]
 STEPS, EVERY = 12, 2  # run_training.TINY trains 12 steps
 #: float32's unit roundoff
@@ -39,17 +36,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp_power_ema")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    ddp = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--record-ema", *ddp, *POWER],
-        cwd=SCRIPT.parents[1],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_two_process_ddp(out, "--record-ema", *POWER)
     return out
 
 
