@@ -285,30 +285,36 @@ def load_model(
 ) -> LoadedModel:
     """Rebuild the score model of a training checkpoint or an export, with its provenance."""
     exported = export_file(path)
-    if exported is not None:
-        state, meta = load_export(exported, ema)
-        cfg = stored_config(json.loads(meta["config"]), exported)
-        step = int(meta["step"]) if meta.get("step", "").isdigit() else None
-    else:
+    if exported is None:
         # to the CPU: a device problem is not a checkpoint problem
         return model_of_checkpoint(load_checkpoint(path), path, ema, map_location)
-    model = score_model_with(cfg, state, path)
-    digest = weights_digest(model.state_dict())
-    return LoadedModel(model.to(map_location).eval(), cfg, str(path), step, ema, digest)
+    state, meta = load_export(exported, ema)
+    cfg = stored_config(json.loads(meta["config"]), exported)
+    step = int(meta["step"]) if meta.get("step", "").isdigit() else None
+    return _loaded(cfg, state, path, step, ema, map_location)
 
 
 def model_of_checkpoint(
     ckpt: dict[str, Any], path: str | Path, ema: bool, map_location: str | torch.device = "cpu"
 ) -> LoadedModel:
     """The score model of a loaded training checkpoint dict (read from ``path``)."""
-    cfg = checkpoint_config(ckpt)
-    state = model_state(ckpt, ema)
     step = int(ckpt["global_step"]) if "global_step" in ckpt else None
-    model = score_model_with(cfg, state, path)
-    digest = weights_digest(model.state_dict())
-    loaded = LoadedModel(model.to(map_location).eval(), cfg, str(path), step, ema, digest)
+    loaded = _loaded(checkpoint_config(ckpt), model_state(ckpt, ema), path, step, ema, map_location)
     loaded.posthoc_ema = ckpt.get("posthoc_ema")
     return loaded
+
+
+def _loaded(
+    cfg: ExperimentConfig,
+    state: dict[str, torch.Tensor],
+    path: str | Path,
+    step: int | None,
+    ema: bool,
+    map_location: str | torch.device,
+) -> LoadedModel:
+    model = score_model_with(cfg, state, path)
+    digest = weights_digest(model.state_dict())
+    return LoadedModel(model.to(map_location).eval(), cfg, str(path), step, ema, digest)
 
 
 def load_score_model(
