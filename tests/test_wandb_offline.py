@@ -213,7 +213,9 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     wandb.teardown()
     parts = sorted((run_dir / "logs" / "wandb").glob("offline-run-*"))
     assert len(parts) == 2
-    ids = {p.name.rsplit("-", 1)[1] for p in parts}
+    # offline-run-<date>_<time>-<id>, and "-1" appended by W&B when both parts start in the
+    # same second
+    ids = {p.name.split("-")[3] for p in parts}
     assert len(ids) == 1, ids
     assert (run_dir / "logs" / "wandb-run-id").read_text().strip() in ids
     # a new run in the same place (after removing the old one's checkpoints) gets a new id
