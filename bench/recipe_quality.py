@@ -73,6 +73,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--our-std-rel", type=float, default=0.10, help="with --our-ema power")
     p.add_argument("--num-fid", type=int, default=2000, help="samples per FID (>= 2000 to report)")
     p.add_argument("--reference", type=int, default=10000, help="test images in the reference")
+    p.add_argument(
+        "--ref-stats",
+        type=Path,
+        default=None,
+        help="reuse the test split's statistics from `lscore stats` at --image-size instead of "
+        "computing them (replaces --reference)",
+    )
     p.add_argument("--data-root", default="data", help="Fashion-MNIST IDX files (or Debian's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--time-rounds", type=int, default=3, help="round-robin step-time windows")
@@ -379,6 +386,26 @@ def inception_features(extractor: nn.Module, images: Tensor) -> Tensor:
     return torch.cat(feats).double()
 
 
+def reference_stats(args: argparse.Namespace, extractor: nn.Module) -> tuple[Tensor, Tensor, str]:
+    """FID's mu and sigma of the test split (``--ref-stats``' file, or the first ``--reference``
+    images), and the report's words for them."""
+    if args.ref_stats is not None:
+        from lightning_score.evaluation.reference import ReferenceStats
+
+        stats = ReferenceStats.load(args.ref_stats, expected_dim=extractor.num_features)
+        if stats.extractor != extractor.name:
+            raise SystemExit(
+                f"{args.ref_stats} holds {stats.extractor} features, not {extractor.name}'s: "
+                "recompute it with `lscore stats CONFIG --split test --out FILE`"
+            )
+        described = f"{args.ref_stats.name} ({stats.num_samples} images, lscore stats)"
+        return torch.from_numpy(stats.mu), torch.from_numpy(stats.sigma), described
+    test = fashion_mnist(args.data_root, False, args.image_size)[: args.reference]
+    with torch.no_grad():
+        ref = inception_features(extractor, test)
+    return ref.mean(0), torch.cov(ref.T), f"Fashion-MNIST test set, first {len(test)} images"
+
+
 def frechet(f: Tensor, mu: Tensor, sigma: Tensor) -> float:
     from lightning_score.evaluation.uncertainty import frechet_statistic
 
@@ -419,11 +446,7 @@ def main() -> None:
 
     data = fashion_mnist(args.data_root, True, args.image_size)
     extractor = load_inception().eval()
-    with torch.no_grad():
-        ref = inception_features(
-            extractor, fashion_mnist(args.data_root, False, args.image_size)[: args.reference]
-        )
-    mu, sigma = ref.mean(0), torch.cov(ref.T)
+    mu, sigma, reference = reference_stats(args, extractor)
     s_per_step = step_seconds(recipes, args, data)
     peers = {"diffusers": diffusers_recipe, "k-diffusion": kdiffusion_recipe}
     results: dict[str, dict] = {}
@@ -490,7 +513,7 @@ def main() -> None:
         "budgets": budgets,
         "seeds": seeds,
         "num_fid": args.num_fid,
-        "reference": f"Fashion-MNIST test set, first {args.reference} images",
+        "reference": reference,
         "nfe": NFE,
         "recipes": results,
         "unavailable": unavailable,
