@@ -432,6 +432,7 @@ def equal_time_ratio(ours_row: dict, peer_row: dict, budgets: list[int]) -> list
 
 
 def main() -> None:
+    started = time.perf_counter()
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -518,6 +519,7 @@ def main() -> None:
         "recipes": results,
         "unavailable": unavailable,
         "ratio_best_ours_to_best_peer": ratios,
+        "wall_seconds": time.perf_counter() - started,  # the whole comparison, sized by the flags
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipe_quality.json").write_text(json.dumps(report, indent=1))
@@ -556,6 +558,7 @@ def markdown(report: dict) -> str:
             f"FID of {ratios['ours']} over {ratios['peer']}: at equal steps {steps}; "
             f"at equal training time {times}.",
         ]
+    lines += ["", f"The whole comparison took {report['wall_seconds'] / 60:.0f} minutes."]
     return "\n".join(lines) + "\n"
 
 

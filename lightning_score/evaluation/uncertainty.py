@@ -25,7 +25,6 @@ for comparing settings, not for the absolute level.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -106,7 +105,10 @@ def frechet_statistic(features: Sequence[Tensor], mu_ref: Tensor, sigma_ref: Ten
     samples are resampled: reference statistics hold no features).
 
     With R = sigma_ref^1/2 and A the centred features over sqrt(n - 1), Tr (S R^2)^1/2 is the sum
-    of the singular values of A R; they come from the smaller of the two Gram matrices.
+    of the singular values of A R; they come from the smaller of the two Gram matrices. A resample
+    with replacement holds about 63 % distinct rows: each distinct row enters once, weighted by
+    the square root of its count, which has the same singular values as the rows repeated and a
+    Gram matrix 0.4x the size (about 4x faster at 2,000 samples of 2,048 features).
     """
     w, v = torch.linalg.eigh(sigma_ref.double())
     root = (v * w.clamp(min=0).sqrt()) @ v.T
@@ -114,17 +116,22 @@ def frechet_statistic(features: Sequence[Tensor], mu_ref: Tensor, sigma_ref: Ten
     mu_ref = mu_ref.double()
     rotated = [(f.double(), f.double() @ root) for f in features]
 
-    def one(f: Tensor, g: Tensor) -> Tensor:
-        n = f.shape[0]
-        mean = f.mean(0)
-        a = (f - mean) / math.sqrt(n - 1)
-        b = (g - g.mean(0)) / math.sqrt(n - 1)
+    def one(f: Tensor, g: Tensor, rows: Tensor, counts: Tensor) -> Tensor:
+        n = float(counts.sum())
+        weight = counts.double().unsqueeze(1)
+        f, g = f[rows], g[rows]
+        mean = (weight * f).sum(0) / n
+        a_sq = (weight * (f - mean).square()).sum() / (n - 1)
+        b = (weight / (n - 1)).sqrt() * (g - (weight * g).sum(0) / n)
         gram = b @ b.T if b.shape[0] <= b.shape[1] else b.T @ b
         cross = torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().sum()
-        return (mean - mu_ref).square().sum() + a.square().sum() + trace_ref - 2 * cross
+        return (mean - mu_ref).square().sum() + a_sq + trace_ref - 2 * cross
 
     def statistic(idx: Tensor, ref: Tensor) -> Tensor:
-        return torch.stack([torch.stack([one(f[i], g[i]) for i in idx]) for f, g in rotated], dim=1)
+        distinct = [i.unique(return_counts=True) for i in idx]
+        return torch.stack(
+            [torch.stack([one(f, g, *rc) for rc in distinct]) for f, g in rotated], dim=1
+        )
 
     return statistic
 
