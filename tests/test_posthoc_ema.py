@@ -315,3 +315,27 @@ def test_a_family_is_scored_beside_the_training_ema_and_a_baseline(tmp_path) -> 
     assert "Best width" in (out / "posthoc_ema.md").read_text()
     assert (out / "posthoc_ema.png").stat().st_size > 0
     assert main(argv) == 2  # everything it wrote is kept
+
+
+def test_the_width_figure_keeps_its_scale_on_the_widths() -> None:
+    """A baseline six times worse than every width is named at the top edge, not drawn; the
+    training EMA, within the widths' range, is drawn as a line."""
+    from lightning_score.commands.posthoc_ema import width_figure
+
+    rows = [{"arm": f"std_rel {w}", "std_rel": w, "fid": f, "fid_stderr": 1.0}
+            for w, f in [(0.05, 55.0), (0.10, 56.0), (0.15, 60.0)]]  # fmt: skip
+    rows += [
+        {"arm": "training EMA (std_rel 0.05)", "std_rel": None, "fid": 55.5, "fid_stderr": 1.0},
+        {
+            "arm": "baseline run/checkpoints/last.ckpt",
+            "std_rel": None,
+            "fid": 181.7,
+            "fid_stderr": 1.0,
+        },
+    ]
+    ax = width_figure(rows, "fid", 1000).axes[0]
+    assert ax.get_ylim()[1] < 100
+    assert [t.get_text() for t in ax.texts] == [
+        "baseline run/checkpoints/last.ckpt: 181.7 ± 1 (off the scale)"
+    ]
+    assert "training EMA (std_rel 0.05)" in [t.get_text() for t in ax.get_legend().get_texts()]

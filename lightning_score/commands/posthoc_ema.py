@@ -130,7 +130,7 @@ def score_family(
         (kept, None, trained),
     ]
     if args.baseline is not None:
-        arms.append((f"baseline {args.baseline}", None, args.baseline))
+        arms.append((f"baseline {Path(*args.baseline.parts[-3:])}", None, args.baseline))
     quality = Quality(args, exp, device)
     rows: list[dict[str, Any]] = []
     for label, width, path in arms:
@@ -201,7 +201,9 @@ def _write_report(
 
 
 def width_figure(rows: list[dict[str, Any]], name: str, num: int):
-    """The metric against std_rel with ±1 se bars; the other arms as lines with ±1 se bands."""
+    """The metric against std_rel with ±1 se bars; the other arms as lines with ±1 se bands. An
+    arm far outside the widths' range (a baseline several times worse) is named at the edge
+    instead of drawn, so that it does not flatten the curve the figure is for."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,11 +213,18 @@ def width_figure(rows: list[dict[str, Any]], name: str, num: int):
     pts = sorted((r["std_rel"], r[name], r[f"{name}_stderr"]) for r in rows if r["std_rel"])
     x, y, se = zip(*pts, strict=True)
     ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label="post-hoc EMA")
+    span = max(max(y) - min(y), 1e-12)
+    lo, hi = min(y) - 2 * span, max(y) + 2 * span
     for i, row in enumerate(r for r in rows if r["std_rel"] is None):
         value, err = row[name], row[f"{name}_stderr"]
         color = f"C{i + 1}"
-        ax.axhline(value, color=color, linestyle="--", label=row["arm"])
-        ax.axhspan(value - err, value + err, color=color, alpha=0.15)
+        if lo <= value <= hi:
+            ax.axhline(value, color=color, linestyle="--", label=row["arm"])
+            ax.axhspan(value - err, value + err, color=color, alpha=0.15)
+        else:
+            edge, where = (0.98, "top") if value > hi else (0.02, "bottom")
+            ax.annotate(f"{row['arm']}: {value:.4g} ± {err:.2g} (off the scale)",
+                        (0.02, edge), xycoords="axes fraction", va=where, fontsize=7, color=color)  # fmt: skip
     ax.set_xlabel("std_rel (EMA width relative to training length)")
     ax.set_ylabel(f"{name} (± 1 bootstrap se)")
     ax.set_title(f"{name} against the EMA width, {num} samples per arm (same seeds)", fontsize=9)
