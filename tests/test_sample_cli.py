@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lightning_score.cli import main
 
@@ -24,8 +25,8 @@ def test_writes_uint8_nhwc_npz_grid_and_metadata(checkpoint: Path, tmp_path: Pat
     # digits are 8x8 grey; FID tools read RGB, so grey is repeated to 3 channels
     assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8
     assert (images[..., 0] == images[..., 2]).all()
-    png = (tmp_path / "samples_grid.png").read_bytes()
-    assert png.startswith(b"\x89PNG")
+    with Image.open(tmp_path / "samples_grid.png") as png:  # captioned as training's grids
+        assert png.text["Title"] == "step 2, euler, 4 NFE", png.text  # a 2-step run
     meta = json.loads((tmp_path / "samples.json").read_text())
     # 3 Euler steps + the Tweedie denoising step, in each of the 3 batches (2 + 2 + 1)
     assert meta["nfe"] == 4 and meta["sampling"]["sampler"] == "euler" and meta["num"] == 5

@@ -23,6 +23,8 @@ from lightning_score.outputs import add_overwrite_argument, atomic_path, check_o
 if TYPE_CHECKING:
     import torch
 
+    from lightning_score.training.checkpoint import LoadedModel
+
 #: Help per SamplingConfig field. The name lists are kept here, not imported from the sampler
 #: registries, so that `--help` answers without importing torch; a test checks they are complete.
 SAMPLING_HELP = {
@@ -206,6 +208,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
 
 
+def grid_caption(loaded: LoadedModel, sampler: str, nfe: float) -> str:
+    """Which weights and sampler made a grid, as training's grids say it: "step 1500, dpmpp_2m,
+    21 NFE" (and "raw weights" when not the EMA)."""
+    parts = [] if loaded.step is None else [f"step {loaded.step}"]
+    parts += [] if loaded.ema else ["raw weights"]
+    return ", ".join([*parts, sampler, f"{nfe:g} NFE"])
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -257,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     overlay = data_examples(exp.data, exp.seed, len(samples)) if samples.dim() == 2 else None
     shown = samples if overlay is not None else samples[: args.grid]
     with atomic_path(grid_path) as tmp:
-        save_grid(shown, tmp, f"{cfg.sampler}, {result.nfe:g} NFE", overlay)
+        save_grid(shown, tmp, grid_caption(loaded, cfg.sampler, result.nfe), overlay)
     meta = {
         **loaded.record(),
         "compile": args.compile,
