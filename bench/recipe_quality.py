@@ -392,12 +392,7 @@ def reference_stats(args: argparse.Namespace, extractor: nn.Module) -> tuple[Ten
     if args.ref_stats is not None:
         from lightning_score.evaluation.reference import ReferenceStats
 
-        stats = ReferenceStats.load(args.ref_stats, expected_dim=extractor.num_features)
-        if stats.extractor != extractor.name:
-            raise SystemExit(
-                f"{args.ref_stats} holds {stats.extractor} features, not {extractor.name}'s: "
-                "recompute it with `lscore stats CONFIG --split test --out FILE`"
-            )
+        stats = ReferenceStats.load(args.ref_stats, extractor.num_features, extractor.name)
         described = f"{args.ref_stats.name} ({stats.num_samples} images, lscore stats)"
         return torch.from_numpy(stats.mu), torch.from_numpy(stats.sigma), described
     test = fashion_mnist(args.data_root, False, args.image_size)[: args.reference]

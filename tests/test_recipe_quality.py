@@ -79,7 +79,7 @@ def test_reference_stats_of_another_extractor_are_refused(tmp_path: Path) -> Non
     _stats(tmp_path / "other.npz", "clip-vit")
     extractor = SimpleNamespace(name="inception-2015-12-05", num_features=4)
     args = argparse.Namespace(ref_stats=tmp_path / "other.npz")
-    with pytest.raises(SystemExit, match="clip-vit features, not inception-2015-12-05"):
+    with pytest.raises(ValueError, match="holds 'clip-vit' features, not 'inception-2015-12-05'"):
         bench.reference_stats(args, extractor)
 
 

@@ -224,7 +224,7 @@ class Quality:
 
             self.extractor = load_inception().to(device)
             self.stats = ReferenceStats.load(
-                args.ref_stats, expected_dim=self.extractor.num_features
+                args.ref_stats, self.extractor.num_features, self.extractor.name
             )
             self.name = f"fid_{count_suffix(args.num)}"
         self.metric = args.metric

@@ -47,8 +47,11 @@ class ReferenceStats:
             )
 
     @classmethod
-    def load(cls, path: str | Path, expected_dim: int | None = None) -> ReferenceStats:
-        """Read a stats file; ``expected_dim`` guards against stats of another feature layer."""
+    def load(
+        cls, path: str | Path, expected_dim: int | None = None, extractor: str | None = None
+    ) -> ReferenceStats:
+        """Read a stats file; ``expected_dim`` guards against stats of another feature layer,
+        ``extractor`` (a name) against another network's features of the same size."""
         with load_numpy(path) as data:
             missing = {"mu", "sigma", "num_samples", "features", "extractor"} - set(data.files)
             if missing:
@@ -72,6 +75,11 @@ class ReferenceStats:
             raise ValueError(
                 f"{path} holds {d}-d features but the extractor gives {expected_dim}-d ones: "
                 f"recompute it with `lscore stats DATA_CONFIG --out {path}` for this extractor"
+            )
+        if extractor is not None and stats.extractor != extractor:
+            raise ValueError(
+                f"{path} holds {stats.extractor!r} features, not {extractor!r}'s: recompute it "
+                f"with `lscore stats DATA_CONFIG --out {path}` for this extractor"
             )
         return stats
 
