@@ -104,7 +104,7 @@ class TinyExtractor(nn.Module):
 
 
 def test_fid_column_with_reference_statistics(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from sklearn.datasets import load_digits
 
@@ -120,6 +120,14 @@ def test_fid_column_with_reference_statistics(
     (row,) = read_rows(tmp_path / "out")
     # an almost untrained model's samples are far from the digits: FID well above 0
     assert float(row["fid_64"]) > 0.1
+    # statistics of another network with features of the same size are refused before sampling
+    stats = metrics.ReferenceStats.load(tmp_path / "ref.npz")
+    stats.extractor = "another-48-d-network"
+    stats.save(tmp_path / "other.npz")
+    other = ("--metric", "fid", "--ref-stats", str(tmp_path / "other.npz"), "--num", "64")
+    assert ablate(checkpoint, tmp_path / "out2", "pc:2", *other) == 2
+    assert "holds 'another-48-d-network' features" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_bad_settings_fail_before_sampling(
